@@ -1,0 +1,10 @@
+"""Normalizing flows for NeuralRG: plaquette bijectors, the MERA hierarchy, a flat baseline."""
+from .build import build_flat, build_flow, build_mera
+from .coupling import PlaquetteBijector, PlaquetteCoupling
+from .flat import CheckerboardCoupling
+from .hierarchy import PlaquetteLayer, latent_levels
+from .model import NeuralRGFlow, StandardNormal
+
+__all__ = ["build_flow", "build_mera", "build_flat", "NeuralRGFlow", "StandardNormal",
+           "PlaquetteBijector", "PlaquetteCoupling", "PlaquetteLayer", "CheckerboardCoupling",
+           "latent_levels"]

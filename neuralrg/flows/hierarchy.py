@@ -1,0 +1,105 @@
+"""The MERA-like hierarchy of NeuralRG: disentangler and decimator layers on an L×L torus.
+
+Level k = 0 … depth−1 works on the sites whose coordinates are both ≡ 0 mod d, d = 2^k,
+viewed as an (L/d)×(L/d) grid. In the inference direction x → z a level applies
+
+* a *disentangler*: one block on every plaquette of spacing d that straddles the boundaries
+  of the decimator plaquettes (grid offset (1, 1));
+* a *decimator*: one block on every plaquette of spacing d and stride 2d (grid offset (0, 0));
+  its (0,0) site — both coordinates ≡ 0 mod 2d — continues to level k+1, the other three are
+  level k's latent variables.
+
+The generative direction z → x runs the same layers in reverse, top level first. Latents
+stay at the site where they were decimated, so z is shaped (B, L, L) like x and
+``latent_levels(L, depth)`` says which RG level every site of z belongs to; the
+(L/2^depth)² sites that survive every decimator form the top level, ``depth``.
+"""
+from __future__ import annotations
+
+import normflows as nf
+import torch
+
+from .coupling import PlaquetteBijector
+
+
+def latent_levels(L: int, depth: int) -> torch.Tensor:
+    """RG level of every latent site, LongTensor (L, L): min(v₂(i), v₂(j), depth).
+
+    v₂ is the 2-adic valuation (v₂(0) = ∞). Level k < depth holds 3·(L/2^{k+1})² sites,
+    the top level ``depth`` holds (L/2^depth)².
+    """
+    idx = torch.arange(L)
+    v2 = torch.full((L,), depth, dtype=torch.long)
+    for k in range(depth - 1, -1, -1):
+        v2[idx % (2 ** (k + 1)) != 0] = k
+    return torch.minimum(v2[:, None], v2[None, :])
+
+
+class PlaquetteLayer(nf.flows.Flow):
+    """Applies one shared ``PlaquetteBijector`` to all 2×2 plaquettes of one RG level.
+
+    Acts on (B, L, L) tensors. ``spacing`` d: the layer sees the sites with both coordinates
+    ≡ 0 mod d; ``offset`` 0 gives decimator plaquettes, 1 disentangler plaquettes (in units
+    of d). ``forward`` is generative (z → x side), ``inverse`` inference; log_det (B,) is the
+    sum over plaquettes. All plaquettes are processed in one batched call.
+    """
+
+    def __init__(self, block: PlaquetteBijector, spacing: int, offset: int, kind: str) -> None:
+        super().__init__()
+        self.block = block
+        self.spacing = int(spacing)
+        self.offset = int(offset)
+        self.kind = kind
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, spacing={self.spacing}, offset={self.offset}"
+
+    def _transform(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        B, L, _ = x.shape
+        d, o = self.spacing, self.offset
+        sub = x if d == 1 else x[:, ::d, ::d]
+        M = sub.shape[-1]
+        if o:
+            sub = torch.roll(sub, shifts=(-o, -o), dims=(1, 2))
+        plaq = sub.reshape(B, M // 2, 2, M // 2, 2).permute(0, 1, 3, 2, 4).reshape(-1, 4)
+        out, log_det = (self.block.inverse if inverse else self.block)(plaq)
+        sub = out.reshape(B, M // 2, M // 2, 2, 2).permute(0, 1, 3, 2, 4).reshape(B, M, M)
+        if o:
+            sub = torch.roll(sub, shifts=(o, o), dims=(1, 2))
+        if d == 1:
+            x = sub
+        else:
+            x = x.clone()
+            x[:, ::d, ::d] = sub
+        return x, log_det.reshape(B, -1).sum(dim=1)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._transform(z, inverse=False)
+
+    def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._transform(x, inverse=True)
+
+
+def mera_layers(L: int, depth: int, n_couplings: int, hidden: list[int], *,
+                disentangler_repeats: int = 1, share_levels: bool = False,
+                scale_bound: float = 2.0) -> list[PlaquetteLayer]:
+    """The hierarchy's layers in generative order (top level first), as normflows expects.
+
+    With ``share_levels`` one set of blocks (per layer role) serves every level, so the
+    parameter count is independent of depth; otherwise every level has its own blocks.
+    Either way it is independent of L.
+    """
+    def new_block() -> PlaquetteBijector:
+        return PlaquetteBijector(n_couplings, hidden, scale_bound)
+
+    shared_dis = [new_block() for _ in range(disentangler_repeats)] if share_levels else None
+    shared_dec = new_block() if share_levels else None
+    inference: list[PlaquetteLayer] = []  # x → z order
+    for k in range(depth):
+        d = 2 ** k
+        for r in range(disentangler_repeats):
+            blk = shared_dis[r] if share_levels else new_block()
+            inference.append(PlaquetteLayer(blk, d, 1, f"disentangler{k}.{r}"))
+        blk = shared_dec if share_levels else new_block()
+        inference.append(PlaquetteLayer(blk, d, 0, f"decimator{k}"))
+    return inference[::-1]

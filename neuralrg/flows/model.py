@@ -1,0 +1,159 @@
+"""The NeuralRG flow model: a normflows ``NormalizingFlow`` over (B, L, L) fields.
+
+Direction: z (latent, N(0, I)) → x (physical) is ``forward``; x → z is ``inverse``.
+``sample(n)`` returns ``(x, log q(x))``; ``log_prob(x)`` runs the inverse. Log-dets are
+accumulated in the model's dtype (normflows' own accumulator is float32). All densities are
+totals over the lattice, natural log.
+
+With ``z2=True`` the density is symmetrised, log q_sym(x) = logaddexp(log q(x), log q(−x)) − ln 2,
+and sampling flips the global sign at random.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import normflows as nf
+import torch
+from torch import nn
+
+from ..ising import IsingTarget, check_field_shape
+
+_LN2 = math.log(2.0)
+
+
+class StandardNormal(nf.distributions.BaseDistribution):
+    """N(0, I) over tensors shaped (B, *shape); dtype and device follow the module."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.dim = math.prod(self.shape)
+        self.register_buffer("_ref", torch.zeros(()), persistent=False)
+
+    def forward(self, num_samples: int = 1, generator: torch.Generator | None = None):
+        z = torch.randn((num_samples, *self.shape), dtype=self._ref.dtype,
+                        device=self._ref.device, generator=generator)
+        return z, self.log_prob(z)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * z.pow(2).flatten(1).sum(dim=1) - 0.5 * self.dim * math.log(2 * math.pi)
+
+
+class NeuralRGFlow(nf.NormalizingFlow):
+    """Flow model for the L×L Ising relaxation (``target``), prior N(0, I) on z (B, L, L).
+
+    ``latent_levels`` (L, L) gives the RG level of every latent site (0 = finest); the flat
+    baseline puts every site on level 0. ``config`` holds what rebuilds the model
+    (see ``neuralrg.flows.build_flow``).
+    """
+
+    def __init__(self, flows: list[nf.flows.Flow], target: IsingTarget, *, z2: bool,
+                 levels: torch.Tensor, config: dict[str, Any]) -> None:
+        super().__init__(StandardNormal((target.L, target.L)), flows, target)
+        self.L = target.L
+        self.n_sites = target.n_sites
+        self.z2 = bool(z2)
+        self.config = dict(config)
+        self.register_buffer("latent_levels", levels.to(torch.long), persistent=False)
+        self.n_levels = int(levels.max().item()) + 1
+
+    @property
+    def target(self) -> IsingTarget:
+        return self.p
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.q0._ref.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.q0._ref.device
+
+    def level_mask(self, level: int) -> torch.Tensor:
+        """Bool (L, L): the latent sites of RG level ``level``."""
+        return self.latent_levels == level
+
+    # -- bijection -----------------------------------------------------------------
+    def forward_and_log_det(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z → x and log|det ∂x/∂z|, shape (B,), in z's dtype."""
+        check_field_shape(z, self.L, "z")
+        log_det = z.new_zeros(z.shape[0])
+        for flow in self.flows:
+            z, ld = flow(z)
+            log_det = log_det + ld
+        return z, log_det
+
+    def inverse_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x → z and log|det ∂z/∂x|, shape (B,), in x's dtype."""
+        check_field_shape(x, self.L, "x")
+        log_det = x.new_zeros(x.shape[0])
+        for flow in reversed(self.flows):
+            x, ld = flow.inverse(x)
+            log_det = log_det + ld
+        return x, log_det
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.forward_and_log_det(z)[0]
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inverse_and_log_det(x)[0]
+
+    # -- densities -----------------------------------------------------------------
+    def log_prob_unsymmetrised(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(x) of the plain (not Z2-symmetrised) flow, shape (B,)."""
+        z, log_det = self.inverse_and_log_det(x)
+        return self.q0.log_prob(z) + log_det
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(x) (log q_sym(x) when ``z2``), shape (B,)."""
+        lq = self.log_prob_unsymmetrised(x)
+        if self.z2:
+            lq = torch.logaddexp(lq, self.log_prob_unsymmetrised(-x)) - _LN2
+        return lq
+
+    def symmetrised_log_prob(self, x: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+        """log q_sym(x) given the already known plain log q(x)."""
+        return torch.logaddexp(log_q, self.log_prob_unsymmetrised(-x)) - _LN2
+
+    def sample_with_latent(self, num_samples: int = 1, generator: torch.Generator | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw (z, x, log q(x)); with ``z2``, x carries a random global sign and log q is q_sym."""
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        z, log_q0 = self.q0(int(num_samples), generator=generator)
+        x, log_det = self.forward_and_log_det(z)
+        log_q = log_q0 - log_det
+        if self.z2:
+            log_q = self.symmetrised_log_prob(x, log_q)
+            u = torch.rand(x.shape[0], dtype=x.dtype, device=x.device, generator=generator)
+            x = torch.where(u < 0.5, -1.0, 1.0).to(x.dtype)[:, None, None] * x
+        return z, x, log_q
+
+    def sample(self, num_samples: int = 1, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw (x, log q(x)), x shaped (num_samples, L, L)."""
+        _, x, log_q = self.sample_with_latent(num_samples, generator)
+        return x, log_q
+
+    def reverse_kld(self, num_samples: int = 1, beta: float = 1.0, score_fn: bool = True
+                    ) -> torch.Tensor:
+        """Variational free energy estimate mean[log q(x) − β log p(x)] (total, not per site).
+
+        ``score_fn=False`` gives the path-wise "sticking the landing" gradient: log q is
+        re-evaluated at x with the parameters detached (costs one extra inverse pass).
+        """
+        z, x, log_q = self.sample_with_latent(num_samples)
+        if not score_fn:
+            params = [p for p in self.parameters() if p.requires_grad]
+            for p in params:
+                p.requires_grad_(False)
+            try:
+                log_q = self.log_prob(x)
+            finally:
+                for p in params:
+                    p.requires_grad_(True)
+        return torch.mean(log_q) - beta * torch.mean(self.p.log_prob(x))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,18 @@
+"""Test-wide settings: one thread, no W&B traffic or files outside temp dirs, fixed seeds."""
+import os
+import tempfile
+
+import pytest
+import torch
+
+os.environ["WANDB_MODE"] = "disabled"
+_wandb_tmp = tempfile.mkdtemp(prefix="neuralrg-wandb-")
+for var in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_DIR"):
+    os.environ.setdefault(var, _wandb_tmp)
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+    yield

@@ -1,0 +1,21 @@
+"""Train a NeuralRG flow by reverse KL:  python train.py [experiment=ising16_critical] [key=value ...]"""
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from neuralrg.training.pipeline import format_summary, run_training
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from neuralrg.cli import exit_on_user_error
+
+    with exit_on_user_error():
+        summary = run_training(cfg)
+        if summary:
+            print(format_summary(summary))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
