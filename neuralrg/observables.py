@@ -1,0 +1,202 @@
+"""Ising observables from continuous fields x (improved estimators) or from ±1 spins.
+
+Conventions (``shared/docs/physics.md``): fields and spins are shaped (B, L, L) on the torus,
+N = L², H = −Σ_⟨ij⟩ s_i s_j over the 2N right/down bonds (roll-based, so L = 2 has double
+bonds), m = Σ s_i / N. Per-sample moments are per site: ``energy`` = H/N, ``energy2`` =
+(H/N)², ``m``, ``m2`` = m², ``m4`` = m⁴ (and ``abs_m`` = |m| from spins).
+
+Given x the spins are independent, P(s_i = +1 | x) = sigmoid(2 x_i), t_i = E[s_i | x] =
+tanh x_i, v_i = Var(s_i | x) = sech² x_i. ``conditional_moments`` returns the exact conditional
+expectations of those moments (Rao–Blackwellised estimators).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .ising import bond_sum, log_cosh
+from .lattice import check_coupling
+from .statistics import integrated_autocorr_time
+
+_PRIMARY = {"energy_per_site": "energy", "m2": "m2"}
+
+
+def _check_lattice_tensor(x: Tensor, name: str) -> int:
+    """Return N = L² for a floating tensor shaped (B, L, L) with L ≥ 2, else ValueError."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor shaped (B, L, L), got {type(x).__name__}")
+    if x.dim() != 3 or x.shape[-1] != x.shape[-2] or x.shape[-1] < 2:
+        raise ValueError(f"{name} must be shaped (B, L, L) with L >= 2, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+    return x.shape[-1] * x.shape[-2]
+
+
+def sample_spins(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Draw s ~ P(s | x): independent ±1 spins with P(s_i = +1) = sigmoid(2 x_i).
+
+    Same shape, dtype and device as x (B, L, L); ``generator`` must live on x's device.
+    """
+    _check_lattice_tensor(x, "x")
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(u < torch.sigmoid(2.0 * x), one, -one)
+
+
+def _neighbour_sum(a: Tensor) -> Tensor:
+    """Σ over the 4 bond ends of each site (right, left, down, up) of a (B, L, L)."""
+    return (torch.roll(a, 1, -1) + torch.roll(a, -1, -1)
+            + torch.roll(a, 1, -2) + torch.roll(a, -1, -2))
+
+
+def conditional_moments(x: Tensor) -> dict[str, Tensor]:
+    """Exact E[· | x] of the per-site moments, each shaped (B,), dtype/device of x (B, L, L).
+
+    With s_i = t_i + δ_i (E δ_i = 0, E δ_i² = v_i) the bond sum S = Σ_⟨ij⟩ s_i s_j has
+    E[S|x] = Σ_⟨ij⟩ t_i t_j and, the linear and quadratic parts in δ being uncorrelated,
+    Var(S|x) = Σ_i v_i u_i² + μ Σ_⟨ij⟩ v_i v_j with u_i = Σ_{bond ends at i} t_neighbour and
+    μ = number of bonds joining the same pair (2 for L = 2, else 1). E[M^k | x] for M = Σ s_i
+    follows from the cumulants of a sum of independent ±1 variables: κ₂ = Σ v,
+    κ₃ = −2 Σ t v, κ₄ = Σ (4v − 6v²). Keys: energy (E[H]/N), energy2 (E[H²]/N²), m, m2, m4.
+    """
+    N = _check_lattice_tensor(x, "x")
+    L = x.shape[-1]
+    t = torch.tanh(x)
+    v = torch.exp(-2.0 * log_cosh(x))  # sech² x without the cancellation in 1 − t²
+    s_mean = bond_sum(t)
+    u = _neighbour_sum(t)
+    mult = 2.0 if L == 2 else 1.0
+    s_var = (v * u * u).sum(dim=(-2, -1)) + mult * bond_sum(v)
+    e = -s_mean / N
+    # magnetisation: mean a = E[m|x], scaled cumulants k_n = κ_n / N^n
+    a = t.mean(dim=(-2, -1))
+    k2 = v.sum(dim=(-2, -1)) / N**2
+    k3 = -2.0 * (t * v).sum(dim=(-2, -1)) / N**3
+    k4 = (v * (4.0 - 6.0 * v)).sum(dim=(-2, -1)) / N**4
+    a2 = a * a
+    return {
+        "energy": e,
+        "energy2": e * e + s_var / N**2,
+        "m": a,
+        "m2": a2 + k2,
+        "m4": a2 * a2 + 6.0 * a2 * k2 + 4.0 * a * k3 + k4 + 3.0 * k2 * k2,
+    }
+
+
+def spin_moments(s: Tensor) -> dict[str, Tensor]:
+    """Per-site moments of ±1 spins s (B, L, L), each (B,): energy = H/N, energy2, m, m2, m4, abs_m."""
+    N = _check_lattice_tensor(s, "s")
+    if not bool(((s == 1) | (s == -1)).all()):
+        raise ValueError("s must contain only ±1 spins")
+    e = -bond_sum(s) / N
+    m = s.mean(dim=(-2, -1))
+    m2 = m * m
+    return {"energy": e, "energy2": e * e, "m": m, "m2": m2, "m4": m2 * m2, "abs_m": m.abs()}
+
+
+# ----------------------------------------------------------------------------- ensemble summary
+def _as_chains(a: Tensor | np.ndarray, name: str) -> np.ndarray:
+    if isinstance(a, Tensor):
+        a = a.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"{name} must be shaped (C, T) (or (T,) for one chain), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    return arr
+
+
+def _block_means(a: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums and counts of ``n_blocks`` near-equal contiguous blocks per chain, flattened (C·n_blocks,)."""
+    C, T = a.shape
+    edges = np.linspace(0, T, n_blocks + 1).astype(int)
+    sums = np.add.reduceat(a, edges[:-1], axis=1).reshape(-1)
+    counts = np.tile(np.diff(edges), C).astype(np.float64)
+    return sums, counts
+
+
+def _jackknife(series: dict[str, np.ndarray], f: Callable, n_blocks: int) -> tuple[float, float]:
+    """f(means) on all data, and its delete-one-block jackknife error (nan with < 2 blocks)."""
+    full = {k: float(v.mean()) for k, v in series.items()}
+    est = float(f(full))
+    blocks = {k: _block_means(v, n_blocks) for k, v in series.items()}
+    counts = next(iter(blocks.values()))[1]
+    G = counts.size
+    if G < 2:
+        return est, math.nan
+    n = counts.sum()
+    loo = {k: (s.sum() - s) / (n - counts) for k, (s, _) in blocks.items()}
+    theta = np.asarray(f(loo), dtype=np.float64)
+    return est, float(math.sqrt((G - 1) / G * ((theta - theta.mean()) ** 2).sum()))
+
+
+def summarize_observables(moments: dict[str, Tensor], K: float, N: int, *,
+                          abs_m: Tensor | None = None, c: float = 6.0) -> dict[str, dict]:
+    """Ensemble averages with error bars from per-sample moments shaped (C, T).
+
+    ``moments`` needs keys energy, energy2, m2, m4 (per site, as from ``conditional_moments``
+    or ``spin_moments``), each (C, T): C independent chains of T steps. A 1-D array is one chain;
+    an i.i.d. sample can be passed as (1, M) or (M, 1). ``abs_m`` (C, T) is |m| from spins.
+
+    Primary observables (energy_per_site = ⟨H/N⟩, m2 = ⟨m²⟩, abs_m = ⟨|m|⟩) and the linear
+    susceptibility_per_site χ = K N ⟨m²⟩ (finite lattice, zero field) get errors from τ_int
+    (Sokal window, constant ``c``; see ``statistics.integrated_autocorr_time``) and entries
+    {"mean", "err", "tau_int", "window", "converged"}. Nonlinear quantities
+    specific_heat_per_site = K² N (⟨(H/N)²⟩ − ⟨H/N⟩²), binder = 1 − ⟨m⁴⟩/(3⟨m²⟩²) and, with
+    abs_m, susceptibility_connected = K N (⟨m²⟩ − ⟨|m|⟩²) get a delete-one-block jackknife
+    error: each chain is cut into contiguous blocks of ≥ 10·τ_max steps (τ_max the largest
+    τ_int of their inputs; one block per chain when T is shorter), blocks of different chains
+    being independent. Their entries are {"mean", "err", "block_length", "n_blocks",
+    "converged"}; err is nan with fewer than 2 blocks in all, and ``converged`` is False when
+    a τ_int window did not converge (the blocks may then be too short).
+    """
+    K = check_coupling(K)
+    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
+        raise ValueError(f"N must be a positive integer (number of sites), got {N!r}")
+    if not isinstance(moments, dict):
+        raise ValueError(f"moments must be a dict of (C, T) tensors, got {type(moments).__name__}")
+    missing = [k for k in ("energy", "energy2", "m2", "m4") if k not in moments]
+    if missing:
+        raise ValueError(f"moments lacks key(s) {missing}; needs energy, energy2, m2, m4")
+    data = {k: _as_chains(moments[k], f"moments[{k!r}]") for k in ("energy", "energy2", "m2", "m4")}
+    if abs_m is not None:
+        data["abs_m"] = _as_chains(abs_m, "abs_m")
+    shape = data["energy"].shape
+    for k, a in data.items():
+        if a.shape != shape:
+            raise ValueError(f"moments[{k!r}] has shape {a.shape}, expected {shape} like 'energy'")
+    C, T = shape
+    if C * T < 2:
+        raise ValueError(f"moments need at least 2 samples, got shape {shape}")
+
+    tau = {k: integrated_autocorr_time(a, c) for k, a in data.items()}
+    out: dict[str, dict] = {}
+    for name, key in [*_PRIMARY.items(), *([("abs_m", "abs_m")] if abs_m is not None else [])]:
+        r = tau[key]
+        out[name] = {"mean": r["mean"], "err": r["err"], "tau_int": r["tau"],
+                     "window": r["window"], "converged": r["converged"]}
+    chi = dict(out["m2"])
+    chi["mean"], chi["err"] = K * N * chi["mean"], abs(K) * N * chi["err"]
+    out["susceptibility_per_site"] = chi
+
+    def derived(keys: list[str], f: Callable) -> dict:
+        tau_max = max(max(tau[k]["tau"], 0.5) for k in keys)
+        block = min(T, max(1, math.ceil(10.0 * tau_max)))
+        n_blocks = max(1, T // block)
+        mean, err = _jackknife({k: data[k] for k in keys}, f, n_blocks)
+        return {"mean": mean, "err": err, "block_length": T // n_blocks, "n_blocks": C * n_blocks,
+                "converged": all(tau[k]["converged"] for k in keys)}
+
+    out["specific_heat_per_site"] = derived(
+        ["energy", "energy2"], lambda d: K * K * N * (d["energy2"] - d["energy"] ** 2))
+    if abs_m is not None:
+        out["susceptibility_connected"] = derived(
+            ["m2", "abs_m"], lambda d: K * N * (d["m2"] - d["abs_m"] ** 2))
+    out["binder"] = derived(["m2", "m4"], lambda d: 1.0 - d["m4"] / (3.0 * d["m2"] ** 2))
+    return out
