@@ -1,4 +1,8 @@
-"""Sample a trained NeuralRG flow:  python sample.py run=<run dir> [mode=compare] [key=value ...]"""
+"""Sample a trained NeuralRG flow:  python sample.py run=<run dir> [mode=compare] [key=value ...]
+
+Bad input (missing or corrupt checkpoint, mismatched L/K, bad settings) prints one
+``error: ...`` line and exits with status 1, before anything is written.
+"""
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -10,9 +14,9 @@ def main(cfg: DictConfig) -> None:
     from neuralrg.sampling.pipeline import COMPARE, format_table, run_sampling
 
     with exit_on_user_error():
-        samplers = list(COMPARE) if cfg.mode == "compare" else [cfg.sampler]
         if cfg.mode not in ("single", "compare"):
             raise ValueError(f"mode must be 'single' or 'compare', got {cfg.mode!r}")
+        samplers = list(COMPARE) if cfg.mode == "compare" else [cfg.sampler]
         summary = run_sampling(run=cfg.run, samplers=samplers, out_dir=cfg.out_dir, L=cfg.L, K=cfg.K,
                                seed=cfg.seed, device=cfg.device, importance_samples=cfg.importance_samples,
                                settings=OmegaConf.to_container(cfg.settings, resolve=True), figures=cfg.figures)

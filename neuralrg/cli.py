@@ -11,11 +11,15 @@ log = logging.getLogger("neuralrg")
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn ValueError (bad input, mismatched checkpoint, NaN guard) into a message + exit 1."""
+    """Turn ValueError (bad input, mismatched checkpoint, occupied run directory), the NaN guard
+    (``NonFiniteLossError``) and hydra's instantiation errors into ``error: <message>`` on stderr
+    and exit status 1, without a traceback."""
+    from hydra.errors import InstantiationException
+
     from .training.module import NonFiniteLossError
 
     try:
         yield
-    except (ValueError, NonFiniteLossError) as exc:
+    except (ValueError, NonFiniteLossError, InstantiationException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -87,6 +87,30 @@ def _autocorrelation(y: np.ndarray) -> np.ndarray:
     return acov / acov[0]
 
 
+def autocorrelation(series: torch.Tensor | np.ndarray, max_lag: int | None = None) -> np.ndarray:
+    """Normalised autocorrelation ρ(t), t = 0..max_lag, of ``series`` (C, T) (1-D: one chain).
+
+    Same estimator as ``integrated_autocorr_time``: chains centred on the grand mean,
+    per-chain autocovariance Σ_s y_s y_{s+t} / (T − t), averaged over chains, divided by its
+    t = 0 value (so ρ(0) = 1). ``max_lag`` defaults to (and is capped at) T − 1. A constant
+    series has no fluctuations and is reported uncorrelated: ρ = (1, 0, 0, …).
+    Returns a float64 ndarray of length min(max_lag, T − 1) + 1.
+    """
+    x = _series(series)
+    T = x.shape[1]
+    if max_lag is None:
+        max_lag = T - 1
+    if isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or max_lag < 0:
+        raise ValueError(f"max_lag must be an integer >= 0 or None, got {max_lag!r}")
+    n = min(int(max_lag), T - 1) + 1
+    y = x - x.mean()
+    if not np.any(y):
+        rho = np.zeros(n)
+        rho[0] = 1.0
+        return rho
+    return _autocorrelation(y)[:n]
+
+
 def integrated_autocorr_time(series: torch.Tensor | np.ndarray, c: float = 6.0) -> dict:
     """τ_int of the mean of ``series`` (C, T) with Sokal's automatic window.
 

@@ -3,8 +3,9 @@
 Latent HMC samples z from π(z) ∝ exp(−U(z)) and returns x = g(z), exact draws from p:
 
 * plain flow: U(z) = E(g(z)) − ln|det ∂g/∂z|  (= −[ln N(z) + ln p̃(x) − ln q(x)] + const);
-* Z2-symmetrised flow: U(z) = E(x) + ln q_sym(x) − ln N(z), and x carries a random global
-  sign. Both are exact: p is even, and with q_sym the z-landscape is closer to N(0, I).
+* Z2-symmetrised flow: U(z) = E(x) + ln q_sym(x) − ln N(z), x = g(z), and the returned sample
+  is s·x with a fresh random sign s = ±1. Exact because p̃ and q_sym are even: the density of
+  g(z) is q·p̃/q_sym, and symmetrising it over the sign gives p̃.
 
 Totals over the lattice, natural log; z and x shaped (C, L, L).
 """
@@ -42,12 +43,16 @@ def physical_potential_and_grad(target: IsingTarget) -> Callable[[torch.Tensor],
     return fn
 
 
+def random_sign(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x (B, L, L) with each sample's global sign flipped with probability ½."""
+    u = torch.rand(x.shape[0], dtype=x.dtype, device=x.device, generator=generator)
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(u < 0.5, -one, one)[:, None, None] * x
+
+
 @torch.no_grad()
 def latent_to_physical(flow: NeuralRGFlow, z: torch.Tensor, generator: torch.Generator | None = None
                        ) -> torch.Tensor:
     """x = g(z) for a batch of latent states; with Z2 a random global sign per sample."""
     x = flow.forward(z)
-    if flow.z2:
-        u = torch.rand(x.shape[0], dtype=x.dtype, device=x.device, generator=generator)
-        x = torch.where(u < 0.5, -1.0, 1.0).to(x.dtype)[:, None, None] * x
-    return x
+    return random_sign(x, generator) if flow.z2 else x

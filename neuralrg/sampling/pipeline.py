@@ -1,8 +1,16 @@
 """``sample.py``: load a trained flow, run samplers, write samples.npz, summary.json and figures.
 
-Outputs go to ``out_dir`` (default ``<run dir>/sampling/<timestamp>``) and are written under
-temporary names and renamed at the end, ``summary.json`` last: a directory with a
-``summary.json`` is complete.
+Everything is validated (samplers, settings, device, checkpoint, L/K, block levels, out_dir)
+before sampling starts, and ``out_dir`` (default ``<run dir>/sampling/<timestamp>``) is only
+created once the samples exist, so a bad input writes nothing. Outputs are written under
+temporary names and renamed, ``summary.json`` last: a directory with a ``summary.json`` is
+complete.
+
+samples.npz (first sampler of the list): x (M, L, L) kept configurations, z (M, L, L) their
+latents, log_q (M,) = ln q(x) (ln q_sym for a Z2 flow), energy_per_sample (M,) = E(x) (the
+relaxation's total energy), latent_levels (L, L); and ``<sampler>__m2`` / ``<sampler>__energy``
+(C, T) series of every sampler. summary.json: target, model, settings and, per sampler,
+``summarize_run`` (settings, acceptance, τ_int, ESS/s, observables ± err, deviation_sigma).
 """
 from __future__ import annotations
 
@@ -20,24 +28,43 @@ from ..checkpoint import load_flow, resolve_checkpoint
 from ..evaluation import draw_log_weights, variational_summary
 from ..plotting import plot_configurations, plot_latent_levels, plot_traces, save_figure
 from ..statistics import autocorrelation
-from .runner import SAMPLERS, ChainRun, run_flow_metropolis, run_latent_hmc, run_physical_hmc, summarize_run
+from .runner import (SAMPLERS, ChainRun, level_blocks, run_flow_metropolis, run_latent_hmc, run_physical_hmc,
+                     summarize_run)
 
 COMPARE = ("latent_hmc", "physical_hmc", "flow_metropolis")
+SETTINGS = ("n_chains", "n_warmup", "n_samples", "n_leapfrog", "step_size", "target_accept", "block_levels")
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA if available, else CPU) or a torch device string such as 'cpu', 'cuda:1'."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {name!r}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
+        raise ValueError(f"device {name!r} is not available (torch.cuda.device_count() = "
+                         f"{torch.cuda.device_count()}); use device=cpu or device=auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {name!r}")
+    return dev
 
 
 def default_out_dir(run: str | Path) -> Path:
+    """<run dir>/sampling/<timestamp>; for a checkpoint file the run dir is the folder above
+    ``checkpoints/``, or the checkpoint's own folder."""
     ckpt = resolve_checkpoint(run)
-    base = Path(run) if Path(run).is_dir() else ckpt.parent.parent
+    if Path(run).is_dir():
+        base = Path(run)
+    else:
+        base = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     return base / "sampling" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def run_sampler(name: str, flow: Any, s: dict[str, Any], generator: torch.Generator) -> ChainRun:
+    """Run sampler ``name`` (one of ``SAMPLERS``) with the settings dict ``s``."""
     common = dict(n_chains=s["n_chains"], n_warmup=s["n_warmup"], n_samples=s["n_samples"], generator=generator)
     hmc = dict(step_size=s["step_size"], n_leapfrog=s["n_leapfrog"], target_accept=s["target_accept"])
     if name == "latent_hmc":
@@ -61,19 +88,34 @@ def default_blocks(n_levels: int) -> list[list[int]]:
     return [top, fine] if fine else [top]
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def validate_settings(s: dict[str, Any]) -> None:
-    for key in ("n_chains", "n_samples", "n_leapfrog"):
+    """ValueError unless ``s`` holds exactly the keys of ``SETTINGS`` with allowed values."""
+    if not isinstance(s, dict):
+        raise ValueError(f"settings must be a dict with keys {SETTINGS}, got {type(s).__name__}")
+    unknown = sorted(set(s) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"settings has unknown key(s) {unknown}; allowed: {list(SETTINGS)}")
+    for key, lo in (("n_chains", 1), ("n_samples", 2), ("n_leapfrog", 1), ("n_warmup", 0)):
         v = s.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if key == "n_samples" else 1):
-            raise ValueError(f"{key} must be a positive integer{' >= 2' if key == 'n_samples' else ''}, got {v!r}")
-    if not isinstance(s.get("n_warmup"), int) or s["n_warmup"] < 0:
-        raise ValueError(f"n_warmup must be an integer >= 0, got {s.get('n_warmup')!r}")
+        if not _is_int(v) or v < lo:
+            raise ValueError(f"{key} must be an integer >= {lo}, got {v!r}")
     step = s.get("step_size")
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0:
+    if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step) or step <= 0:
         raise ValueError(f"step_size must be a finite number > 0, got {step!r}")
     ta = s.get("target_accept")
-    if not isinstance(ta, (int, float)) or not 0 < ta < 1:
-        raise ValueError(f"target_accept must be in (0, 1), got {ta!r}")
+    if not isinstance(ta, (int, float)) or isinstance(ta, bool) or not 0 < ta < 1:
+        raise ValueError(f"target_accept must be a number in (0, 1), got {ta!r}")
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} exists and is not a directory")
+    if (out / "summary.json").exists():
+        raise ValueError(f"out_dir {out} already holds a completed sampling run; choose another out_dir")
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -82,20 +124,34 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez_compressed(f, **arrays)
+
+
 def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out_dir: str | None = None,
                  L: int | None = None, K: float | None = None, seed: int = 0, device: str = "auto",
                  importance_samples: int = 0, figures: bool = True) -> dict[str, Any]:
-    """Run ``samplers`` on the flow of ``run`` and write the outputs; returns the summary."""
-    bad = [s for s in samplers if s not in SAMPLERS]
-    if bad or not samplers:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {samplers!r}")
+    """Run ``samplers`` on the flow of ``run`` (run dir or .ckpt) and write the outputs.
+
+    ``settings``: the keys of ``SETTINGS`` (see conf/sample.yaml); ``L`` / ``K``: expected
+    lattice size / coupling of the checkpoint; ``importance_samples``: 0, or M ≥ 2 flow
+    samples for ln Z and ESS. Returns the summary (plus ``out_dir``). Bad input raises
+    ``ValueError`` (``CheckpointError`` for checkpoints) before anything is written.
+    """
+    if isinstance(samplers, str) or not samplers or any(s not in SAMPLERS for s in samplers):
+        raise ValueError(f"samplers must be a non-empty list of {SAMPLERS}, got {samplers!r}")
     validate_settings(settings)
-    flow = load_flow(run, L=L, K=K, map_location=_device(device))
+    if not _is_int(importance_samples) or importance_samples < 0 or importance_samples == 1:
+        raise ValueError(f"importance_samples must be 0 (skip) or an integer >= 2, got {importance_samples!r}")
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    flow = load_flow(run, L=L, K=K, map_location=resolve_device(device))
+    if "blocked_latent_hmc" in samplers:
+        level_blocks(flow, settings.get("block_levels") or default_blocks(flow.n_levels))
     out = Path(out_dir) if out_dir else default_out_dir(run)
-    if (out / "summary.json").exists():
-        raise ValueError(f"out_dir {out} already holds a completed sampling run; choose another out_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator(device=flow.device).manual_seed(int(seed))
+    _check_out_dir(out)
+    gen = torch.Generator(device=flow.device).manual_seed(seed)
 
     results: dict[str, Any] = {}
     runs: dict[str, ChainRun] = {}
@@ -110,18 +166,19 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
         "seed": seed, "settings": settings, "samplers": results,
     }
     if importance_samples:
-        lq, lp = draw_log_weights(flow, int(importance_samples), generator=gen)
+        lq, lp = draw_log_weights(flow, importance_samples, generator=gen)
         summary["importance_sampling"] = variational_summary(lq, lp, flow.n_sites, flow.target.log_z)
 
     main = runs[samplers[0]]
-    arrays = {"x": main.x, "energy_per_sample": main.energy, "latent_levels": flow.latent_levels}
-    if main.z is not None:
-        arrays["z"], arrays["log_q"] = main.z, main.log_q
+    arrays = {"x": main.x, "z": main.z, "log_q": main.log_q, "energy_per_sample": main.energy,
+              "latent_levels": flow.latent_levels}
     for name, r in runs.items():
         for k in ("m2", "energy"):
             arrays[f"{name}__{k}"] = r.observables[k]
     np_arrays = {k: v.detach().cpu().numpy() for k, v in arrays.items()}
-    _atomic_write(out / "samples.npz", lambda p: np.savez_compressed(open(p, "wb"), **np_arrays))
+    _check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "samples.npz", lambda p: _save_npz(p, np_arrays))
     if figures:
         write_figures(out, flow, runs)
     _atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=float)))
@@ -130,9 +187,10 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
 
 
 def write_figures(out: Path, flow: Any, runs: dict[str, ChainRun]) -> None:
+    """trace_<sampler>.png (m², E traces and ACFs), samples.png, and latents.png (by RG level)."""
     for name, r in runs.items():
         series = {k: r.observables[k].cpu().numpy() for k in ("m2", "energy")}
-        acf = {k: autocorrelation(r.observables[k].cpu().to(torch.float64))[:200].numpy() for k in series}
+        acf = {k: autocorrelation(v, max_lag=200) for k, v in series.items()}
         save_figure(plot_traces(series, acf=acf), out / f"trace_{name}.png")
     main = next(iter(runs.values()))
     save_figure(plot_configurations(main.x[-8:], title=f"{main.sampler} samples x"), out / "samples.png")

@@ -2,22 +2,30 @@
 
 Every step draws a batch from the flow (no dataset) and minimises
 loss = mean[ln q(x) + E(x)] = F_q (total; logged per site). Manual optimisation keeps the
-loop explicit: a non-finite loss or gradient stops training *before* any parameter changes,
-so the last checkpoint on disk stays the last good state.
+loop explicit: a non-finite loss or gradient stops training (``NonFiniteLossError``, on every
+DDP rank at once) *before* any parameter changes, so the last checkpoint on disk stays the last
+good state. Steps are counted like ``global_step``: step k is the (k+1)-th optimizer step.
 """
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ..checkpoint import META_KEY, flow_metadata
 from ..evaluation import evaluate_flow
 from ..flows.model import NeuralRGFlow
 from .schedule import build_scheduler
+
+# set in trainer.callback_metrics at the end of fit (these reach the main process under ddp_spawn)
+FIT_STEP_KEY = "fit/global_step"
+FIT_FINGERPRINTS_KEY = "fit/rank_sample_fingerprints"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,8 +73,18 @@ class FlowModule(pl.LightningModule):
 
     # -- set-up ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        # each rank draws its own samples (same seed on every rank would waste GPUs)
-        torch.manual_seed(self.seed + 1000 * self.global_rank)
+        self._reseed()
+
+    def on_train_start(self) -> None:
+        # after a resume the step counter is restored: reseed so a resumed run does not replay
+        # the random stream of the run's first steps
+        self._reseed()
+
+    def _reseed(self) -> None:
+        """Seed from (seed, rank, step): each rank draws its own samples (the same seed on
+        every rank would waste devices)."""
+        state = np.random.SeedSequence([self.seed, self.global_rank, self.global_step]).generate_state(2)
+        torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.flow.parameters())
@@ -77,13 +95,24 @@ class FlowModule(pl.LightningModule):
         checkpoint[META_KEY] = flow_metadata(self.flow)
 
     def on_train_end(self) -> None:
+        trainer = self.trainer
+        # last.ckpt must hold the final parameters even when `steps` is not a multiple of the
+        # checkpoint interval (Lightning only saves on the interval)
+        cb = trainer.checkpoint_callback
+        if (isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath
+                and getattr(cb, "_last_global_step_saved", None) != trainer.global_step):
+            trainer.save_checkpoint(str(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"),
+                                    weights_only=False)
         # one number per rank from its first batch: shows that ranks draw different samples
         fp = torch.tensor([self.sample_fingerprint or 0.0], dtype=torch.float64, device=self.device)
         self.rank_fingerprints = [float(v) for v in self.all_gather(fp).flatten()]
+        # callback_metrics travel back to the main process under ddp_spawn; module attributes don't
+        trainer.callback_metrics[FIT_STEP_KEY] = torch.tensor(float(trainer.global_step))
+        trainer.callback_metrics[FIT_FINGERPRINTS_KEY] = torch.tensor(self.rank_fingerprints)
 
     # -- training --------------------------------------------------------------------
-    def free_energy_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample ln q(x) + E(x) (total, (n,)) and the samples x."""
+    def free_energy_terms(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample ln q(x) and E(x) (totals, (n,) each) and the samples x (n, L, L)."""
         _, x, log_q = self.flow.sample_with_latent(n)
         if self.path_gradient:
             params = [p for p in self.flow.parameters() if p.requires_grad]
@@ -94,27 +123,43 @@ class FlowModule(pl.LightningModule):
             finally:
                 for p in params:
                     p.requires_grad_(True)
-        return log_q + self.flow.target.energy(x), x
+        return log_q, self.flow.target.energy(x), x
+
+    def free_energy_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample ln q(x) + E(x) (total, (n,)) and the samples x."""
+        log_q, energy, x = self.free_energy_terms(n)
+        return log_q + energy, x
+
+    def _all_ranks_finite(self, value: torch.Tensor) -> bool:
+        """True if ``value`` is finite on every rank (a lone rank raising would hang DDP)."""
+        return bool(self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(value)), all=True))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
         sched = self.lr_schedulers()
         step = self.global_step
-        f, x = self.free_energy_samples(self.batch_size)
+        log_q, energy, x = self.free_energy_terms(self.batch_size)
+        f = log_q + energy
         if self.sample_fingerprint is None:
             self.sample_fingerprint = float(x.detach()[0].sum())
         loss = f.mean()
-        if not torch.isfinite(loss):
+        if not self._all_ranks_finite(loss):
+            bad = {name: int((~torch.isfinite(v.detach())).sum())
+                   for name, v in (("x", x.flatten(1).sum(1)), ("ln q(x)", log_q), ("E(x)", energy))}
+            detail = ", ".join(f"{k}: {v} of {f.numel()}" for k, v in bad.items())
             raise NonFiniteLossError(
-                f"non-finite variational free energy (loss = {loss.item()}) at step {step}; "
-                "parameters were left unchanged and the last checkpoint is the last good state")
+                f"non-finite variational free energy (loss = {loss.item()}) at step {step} "
+                f"({step} optimizer steps completed) "
+                f"(non-finite samples on rank {self.global_rank}: {detail}); parameters were left "
+                "unchanged and the last checkpoint is the last good state")
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         grads = [p.grad for p in self.flow.parameters() if p.grad is not None]
         gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        if not torch.isfinite(gnorm):
+        if not self._all_ranks_finite(gnorm):
             raise NonFiniteLossError(
-                f"non-finite gradient norm ({gnorm.item()}) at step {step}; "
+                f"non-finite gradient norm ({gnorm.item()}) at step {step} ({step} optimizer steps "
+                f"completed; loss = {loss.item()}); "
                 "parameters were left unchanged and the last checkpoint is the last good state")
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.flow.parameters(), float(self.grad_clip))

@@ -1,49 +1,55 @@
 """From a composed hydra config to a trained flow, its checkpoints and ``summary.json``.
 
 ``train.py`` only composes the config and calls ``run_training``. Keys of ``summary.json``:
-target, model, dtype, device, steps, wall_time_s, status, the final evaluation
-(``neuralrg.evaluation.evaluate_flow``: free_energy_per_site ± err, exact_free_energy_per_site
-(−ln Z_x/N), gap_per_site, relative_error, is_log_z_per_site ± err, ess_fraction,
-metropolis_acceptance), exact (Kaufman reference for the discrete model), and, for a flow
-trained without Z2, the same evaluation of its Z2-symmetrised density under ``z2_eval``.
+
+* status ("completed", "interrupted", or "stopped: <why>" after a NaN/inf), run_dir, target
+  {L, K, shift}, model (the flow's config + num_parameters), dtype, device, world_size, steps
+  (global_step reached), batch_size (per rank), wall_time_s, rank_sample_fingerprints (one
+  number per DDP rank from its first batch; they differ when the ranks draw different samples),
+  relative_error_divides;
+* exact: ``neuralrg.exact.exact_solution(L, K, shift)`` (Kaufman: log_z, free_energy_per_site,
+  energy_per_site, specific_heat_per_site of the discrete model, and continuous_log_z = ln Z_x);
+* the final evaluation (``neuralrg.evaluation.evaluate_flow``, only when not stopped):
+  free_energy_per_site ± free_energy_per_site_err (F_q/N), exact_free_energy_per_site
+  (−ln Z_x/N), gap_per_site, relative_error (gap / (ln Z_x/N)), is_log_z_per_site ± err,
+  is_free_energy_per_site, is_gap_per_site, ess_fraction, metropolis_acceptance, n_samples;
+* z2_eval: the same evaluation of the Z2-symmetrised density, for a flow trained without Z2.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
+from pytorch_lightning.loggers import WandbLogger
 
-from ..checkpoint import META_KEY, flow_metadata, read_checkpoint
+from ..checkpoint import META_KEY, CheckpointError, flow_metadata, read_checkpoint
 from ..evaluation import evaluate_flow
 from ..exact import exact_solution
 from .data import StepIndices
-from .module import FlowModule, NonFiniteLossError
+from .module import FIT_FINGERPRINTS_KEY, FIT_STEP_KEY, FlowModule, NonFiniteLossError
+from .rundir import RunDirectoryError, check_run_dir, launched_rank
+
+__all__ = ["run_training", "build_module", "build_trainer", "final_evaluation", "format_summary",
+           "RunDirectoryError", "NonFiniteLossError"]
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-
-class RunDirectoryError(ValueError):
-    """The run directory already holds another run."""
-
-
-def _check_run_dir(run_dir: Path, ckpt_path: str | None) -> None:
-    taken = [p for p in (run_dir / "summary.json", run_dir / "checkpoints") if p.exists()]
-    if not taken:
-        return
-    if ckpt_path and Path(ckpt_path).resolve().is_relative_to(run_dir.resolve()):
-        return  # resuming in place from this directory's own checkpoint
-    raise RunDirectoryError(
-        f"run directory {run_dir} already holds a run ({taken[0].name}); choose another "
-        "hydra.run.dir, or resume it with ckpt_path=<that run's checkpoints/last.ckpt>")
+# Lightning's advice for manual optimisation does not apply: a checkpoint at step k holds the
+# parameters *after* k optimizer steps, which is what resuming and load_flow want.
+warnings.filterwarnings("ignore", message=r".*ModelCheckpoint with manual optimization.*")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def _check_resume_matches(ckpt_path: str, module: FlowModule) -> None:
@@ -51,8 +57,8 @@ def _check_resume_matches(ckpt_path: str, module: FlowModule) -> None:
     mine = flow_metadata(module.flow)
     for key in ("target", "model"):
         if meta[key] != mine[key]:
-            raise ValueError(f"ckpt_path={ckpt_path} was trained with {key} {meta[key]}, "
-                             f"but this run is configured with {key} {mine[key]}")
+            raise CheckpointError(f"ckpt_path={ckpt_path} was trained with {key} {meta[key]}, "
+                                  f"but this run is configured with {key} {mine[key]}")
 
 
 def build_module(cfg: DictConfig) -> FlowModule:
@@ -63,16 +69,18 @@ def build_module(cfg: DictConfig) -> FlowModule:
     flow = instantiate(cfg.model)(target=target).to(DTYPES[cfg.dtype])
     container = OmegaConf.to_container(cfg, resolve=True)
     return FlowModule(
-        flow, instantiate(cfg.optimizer), dict(cfg.scheduler), total_steps=cfg.steps,
-        batch_size=cfg.batch_size, grad_clip=cfg.grad_clip, path_gradient=cfg.path_gradient,
-        eval_every=cfg.eval_every, eval_samples=cfg.eval_samples, seed=cfg.seed, config=container)
+        flow, instantiate(cfg.optimizer), OmegaConf.to_container(cfg.scheduler, resolve=True),
+        total_steps=cfg.steps, batch_size=cfg.batch_size, grad_clip=cfg.grad_clip,
+        path_gradient=cfg.path_gradient, eval_every=cfg.eval_every, eval_samples=cfg.eval_samples,
+        seed=cfg.seed, config=container)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer`` with the configured loggers and callbacks (+ ``callbacks``)."""
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    cbs = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     precision = "64-true" if cfg.dtype == "float64" else "32-true"
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=cbs + list(callbacks),
                        default_root_dir=str(run_dir), max_steps=cfg.steps, precision=precision)
 
 
@@ -87,54 +95,122 @@ def final_evaluation(flow: Any, n_samples: int) -> dict[str, Any]:
     return res
 
 
-def run_training(cfg: DictConfig) -> dict[str, Any]:
-    """Train as configured; returns the summary (also written to <run_dir>/summary.json)."""
+def _pin_hydra_run_dir(run_dir: Path) -> None:
+    """Lightning's DDP relaunches this script with ``hydra.run.dir`` read from HydraConfig;
+    pin it to this run's absolute directory so every rank shares it (a ``${now:...}`` pattern
+    could otherwise resolve to another second)."""
+    if not HydraConfig.initialized():
+        return
+    node = HydraConfig.instance().cfg.hydra.run
+    with read_write(node):
+        node.dir = str(run_dir.resolve())
+
+
+@contextlib.contextmanager
+def _log_to_file(path: Path) -> Iterator[None]:
+    """Also send this package's log records to ``path`` (hydra's own job log may be off)."""
+    if HydraConfig.initialized():  # hydra's file handler already writes <run_dir>/<job>.log
+        yield
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    pkg = logging.getLogger("neuralrg")
+    pkg.addHandler(handler)
+    try:
+        yield
+    finally:
+        pkg.removeHandler(handler)
+        handler.close()
+
+
+def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], failed: bool) -> None:
+    """Copy the final numbers into the W&B run summary and close the run (a hydra multirun
+    needs one ``finish`` per job, otherwise only one run is logged)."""
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
+            run = lg.experiment
+            flat = {f"final/{k}": v for k, v in summary.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if flat and hasattr(run, "summary"):
+                run.summary.update(flat)
+            if hasattr(run, "finish"):
+                run.finish(exit_code=1 if failed else 0)
+
+
+def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
+    """Train as configured; returns the summary (also written to <run_dir>/summary.json).
+
+    ``callbacks`` are added to the configured ones. Raises ``RunDirectoryError`` if the run
+    directory already holds a run (unless ``ckpt_path`` resumes that run), ``CheckpointError``
+    if ``ckpt_path`` does not match the configured model, and ``NonFiniteLossError`` (after
+    writing summary.json with status "stopped: …") if training hit a NaN/inf. Under DDP only
+    rank 0 returns the summary; the other ranks return {}.
+    """
     run_dir = Path(cfg.paths.run_dir)
-    _check_run_dir(run_dir, cfg.get("ckpt_path"))
+    ckpt_path = cfg.get("ckpt_path")
+    first_rank = launched_rank() == 0
+    if first_rank:
+        check_run_dir(run_dir, ckpt_path)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _pin_hydra_run_dir(run_dir)
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     module = build_module(cfg)
-    if cfg.get("ckpt_path"):
-        _check_resume_matches(cfg.ckpt_path, module)
-    trainer = build_trainer(cfg, run_dir)
-    if trainer.is_global_zero:
+    if ckpt_path:
+        _check_resume_matches(ckpt_path, module)
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    if first_rank:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     data = StepIndices(cfg.steps_per_epoch)
     t0 = time.perf_counter()
     status = "completed"
-    try:
-        trainer.fit(module, train_dataloaders=data, ckpt_path=cfg.get("ckpt_path"))
-    except NonFiniteLossError as exc:
-        status = f"stopped: {exc}"
-        log.error("training stopped: %s", exc)
-    wall = time.perf_counter() - t0
-    if trainer.interrupted and status == "completed":
-        status = "interrupted"
-    summary: dict[str, Any] = {}
-    if trainer.is_global_zero:
-        flow = module.flow.eval()
-        target = flow.target
-        summary = {
-            "status": status,
-            "run_dir": str(run_dir),
-            "target": {"L": target.L, "K": target.K, "shift": target.shift},
-            "model": {**flow.config, "num_parameters": flow.num_parameters()},
-            "dtype": cfg.dtype,
-            "device": str(flow.device) + (f" ({torch.cuda.get_device_name(flow.device)})"
-                                          if flow.device.type == "cuda" else ""),
-            "world_size": trainer.world_size,
-            "steps": int(trainer.global_step),
-            "batch_size": int(cfg.batch_size),
-            "wall_time_s": wall,
-            "relative_error_divides": "continuous ln Z_x per site",
-            "exact": exact_solution(target.L, target.K, target.shift),
-            "rank_sample_fingerprints": module.rank_fingerprints,
-        }
-        if status == "completed" or status == "interrupted":
-            summary.update(final_evaluation(flow, int(cfg.final_eval_samples)))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    with _log_to_file(run_dir / "train.log") if first_rank else contextlib.nullcontext():
+        try:
+            # the checkpoint holds plain data only (see neuralrg.checkpoint): load it safely
+            trainer.fit(module, train_dataloaders=data, ckpt_path=ckpt_path,
+                        weights_only=True if ckpt_path else None)
+        except NonFiniteLossError as exc:
+            status = f"stopped: {exc}"
+            log.error("training stopped: %s", exc)
+        wall = time.perf_counter() - t0
+        if trainer.interrupted and status == "completed":
+            status = "interrupted"
+        summary: dict[str, Any] = {}
+        if trainer.is_global_zero:
+            summary = _summarise(cfg, trainer, module, status, wall)
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+            log.info("summary written to %s", run_dir / "summary.json")
+        _finish_wandb(trainer, summary, failed=status.startswith("stopped"))
     if status.startswith("stopped"):
         raise NonFiniteLossError(status)
+    return summary
+
+
+def _summarise(cfg: DictConfig, trainer: pl.Trainer, module: FlowModule, status: str,
+               wall: float) -> dict[str, Any]:
+    flow = module.flow.eval()
+    target = flow.target
+    metrics = trainer.callback_metrics  # the fit/ entries also reach the main process under ddp_spawn
+    steps = int(metrics[FIT_STEP_KEY]) if FIT_STEP_KEY in metrics else int(trainer.global_step)
+    fingerprints = ([float(v) for v in metrics[FIT_FINGERPRINTS_KEY].flatten()]
+                    if FIT_FINGERPRINTS_KEY in metrics else module.rank_fingerprints)
+    summary: dict[str, Any] = {
+        "status": status,
+        "run_dir": str(trainer.default_root_dir),
+        "target": {"L": target.L, "K": target.K, "shift": target.shift},
+        "model": {**flow.config, "num_parameters": flow.num_parameters()},
+        "dtype": cfg.dtype,
+        "device": str(flow.device) + (f" ({torch.cuda.get_device_name(flow.device)})"
+                                      if flow.device.type == "cuda" else ""),
+        "world_size": trainer.world_size,
+        "steps": steps,
+        "batch_size": int(cfg.batch_size),
+        "wall_time_s": wall,
+        "relative_error_divides": "continuous ln Z_x per site",
+        "exact": exact_solution(target.L, target.K, target.shift),
+        "rank_sample_fingerprints": fingerprints,
+    }
+    if status in ("completed", "interrupted"):
+        summary.update(final_evaluation(flow, int(cfg.final_eval_samples)))
     return summary
 
 

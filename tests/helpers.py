@@ -1,0 +1,60 @@
+"""Shared test helpers: a tiny, briefly trained flow and its checkpoint file.
+
+Import with ``from helpers import ...`` (pytest puts tests/ on sys.path). Training is a plain
+PyTorch loop on ``flow.reverse_kld`` (no Lightning), deterministic for a given seed, and
+cached per process: every call with the same arguments gets a fresh copy of the same flow.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuralrg.checkpoint import META_KEY, STATE_PREFIX, flow_metadata
+from neuralrg.flows import build_flow
+from neuralrg.flows.model import NeuralRGFlow
+from neuralrg.ising import IsingTarget
+from neuralrg.lattice import K_C
+
+TINY_MODEL = dict(kind="mera", n_couplings=4, hidden=16, n_hidden_layers=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _trained_state(L: int, K: float, steps: int, batch_size: int, lr: float, seed: int, dtype: torch.dtype,
+                   model: tuple[tuple[str, Any], ...]) -> dict[str, torch.Tensor]:
+    with torch.random.fork_rng(devices=[]):  # reverse_kld draws from the global RNG
+        torch.manual_seed(seed)
+        flow = build_flow(IsingTarget(L, K), **dict(model)).to(dtype)
+        opt = torch.optim.Adam(flow.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        for _ in range(steps):
+            opt.zero_grad()
+            flow.reverse_kld(batch_size).backward()
+            opt.step()
+            sched.step()
+    return {k: v.detach().clone() for k, v in flow.state_dict().items()}
+
+
+def tiny_trained_flow(L: int = 4, K: float = K_C, *, steps: int = 400, batch_size: int = 256, lr: float = 1e-2,
+                      seed: int = 0, dtype: torch.dtype = torch.float64, z2: bool = False,
+                      **model: Any) -> NeuralRGFlow:
+    """A flow for the L×L relaxation at K trained by reverse KL for ``steps`` Adam steps
+    (cosine-decayed lr), in eval mode. Defaults (L = 4 at K_c, ~5 s on one core) reach a
+    variational gap of ~0.06 per site. ``model`` overrides ``TINY_MODEL`` (build_flow
+    arguments); ``z2`` only switches symmetrisation on for use (training is without it)."""
+    cfg = {**TINY_MODEL, **model}
+    state = _trained_state(L, float(K), steps, batch_size, lr, seed, dtype, tuple(sorted(cfg.items())))
+    flow = build_flow(IsingTarget(L, K), **{**cfg, "z2": z2}).to(dtype)
+    flow.load_state_dict(state)
+    return flow.eval()
+
+
+def save_checkpoint(flow: NeuralRGFlow, path: str | Path) -> Path:
+    """Write ``flow`` in the format ``neuralrg.checkpoint.load_flow`` reads; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {STATE_PREFIX + k: v for k, v in flow.state_dict().items()}
+    torch.save({"state_dict": state, META_KEY: flow_metadata(flow)}, path)
+    return path
