@@ -21,10 +21,12 @@ def main(cfg: DictConfig) -> None:
                                seed=cfg.seed, device=cfg.device, importance_samples=cfg.importance_samples,
                                settings=OmegaConf.to_container(cfg.settings, resolve=True), figures=cfg.figures)
         print(format_table(summary))
-        if "importance_sampling" in summary:
-            s = summary["importance_sampling"]
-            print(f"flow importance sampling: ln Z/N = {s['is_log_z_per_site']:.6f} ± {s['is_log_z_per_site_err']:.6f} "
-                  f"(exact {-s['exact_free_energy_per_site']:.6f}), ESS/M = {s['ess_fraction']:.4f}")
+        for key, label in (("importance_sampling", "flow"), ("importance_sampling_z2", "Z2-symmetrised flow")):
+            if key in summary:
+                s = summary[key]
+                print(f"{label} importance sampling: ln Z_x/N = {s['is_log_z_per_site']:.6f} ± "
+                      f"{s['is_log_z_per_site_err']:.6f} (exact {-s['exact_free_energy_per_site']:.6f}), "
+                      f"ESS/M = {s['ess_fraction']:.4f}")
         print(f"outputs: {summary['out_dir']}")
 
 

@@ -4,12 +4,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from neuralrg.training.pipeline import format_summary, run_training
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    # imported here so that config errors and a refused run directory are reported at once,
+    # before Lightning's import time
     from neuralrg.cli import exit_on_user_error
+    from neuralrg.training.pipeline import format_summary, run_training
 
     with exit_on_user_error():
         summary = run_training(cfg)

@@ -18,6 +18,7 @@ from .flows.model import NeuralRGFlow
 from .ising import IsingTarget
 
 META_KEY = "neuralrg"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 STATE_PREFIX = "flow."
 
 
@@ -57,6 +58,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {p}: {type(exc).__name__}: {exc}") from None
     if not isinstance(ckpt, dict) or META_KEY not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{p} is not a neuralrg training checkpoint (no '{META_KEY}' metadata)")
+    meta = ckpt[META_KEY]
+    if not (isinstance(meta, dict) and isinstance(meta.get("model"), dict)
+            and isinstance(meta.get("target"), dict) and {"L", "K", "shift"} <= set(meta["target"])):
+        raise CheckpointError(f"{p} has malformed '{META_KEY}' metadata: {meta!r}")
     ckpt["_path"] = str(p)
     return ckpt
 
@@ -76,10 +81,13 @@ def load_flow(path: str | Path, *, L: int | None = None, K: float | None = None,
         raise CheckpointError(f"checkpoint {ckpt['_path']} was trained for L = {tgt['L']}, not L = {L}")
     if K is not None and not math.isclose(float(K), float(tgt["K"]), rel_tol=1e-9, abs_tol=1e-12):
         raise CheckpointError(f"checkpoint {ckpt['_path']} was trained for K = {tgt['K']}, not K = {K}")
-    target = IsingTarget(tgt["L"], tgt["K"], tgt["shift"])
-    model_cfg = dict(meta["model"])
-    flow = build_flow(target, **model_cfg)
-    flow = flow.to(getattr(torch, meta.get("dtype", "float32")))
+    try:
+        target = IsingTarget(tgt["L"], tgt["K"], tgt["shift"])
+        flow = build_flow(target, **dict(meta["model"]))
+        flow = flow.to(_DTYPES[meta.get("dtype", "float32")])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {ckpt['_path']} has unusable neuralrg metadata "
+                              f"{meta}: {type(exc).__name__}: {exc}") from None
     state = {k[len(STATE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
     try:
         flow.load_state_dict(state)

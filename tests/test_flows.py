@@ -170,3 +170,20 @@ def test_dtype_and_buffers_follow_module(kind):
     f = f.double()
     x, lq = f.sample(3)
     assert x.dtype == torch.float64 and lq.dtype == torch.float64
+
+
+def test_warm_start_from_smaller_lattice():
+    from neuralrg.flows import transfer_mera_weights
+
+    small = make("mera", 8)
+    big = build_mera(IsingTarget(16, KC)).double()
+    assert transfer_mera_weights(small, big) == 8
+    # a field that is constant on 2×2 blocks... simpler: the level-0 blocks are identical
+    s0 = [l for l in small.flows if l.kind == "decimator0"][0].block.state_dict()
+    b0 = [l for l in big.flows if l.kind == "decimator0"][0].block.state_dict()
+    assert all(torch.equal(s0[k], b0[k]) for k in s0)
+    top_s = [l for l in small.flows if l.kind == "decimator2"][0].block.state_dict()
+    top_b = [l for l in big.flows if l.kind == "decimator3"][0].block.state_dict()
+    assert all(torch.equal(top_s[k], top_b[k]) for k in top_s)
+    with pytest.raises(ValueError, match="n_couplings"):
+        transfer_mera_weights(small, build_mera(IsingTarget(16, KC), n_couplings=3).double())

@@ -1,4 +1,23 @@
-"""Analysis of trained flows: collective-variable statistics and mutual information."""
+"""Analysis of trained flows: collective-variable statistics and mutual information.
+
+Light modules are imported eagerly; the pipeline (``run_analysis``, which pulls in sampling
+and matplotlib) and the response maps are loaded on first use. No Lightning or hydra import.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .landscape import bimodality_coefficient, free_energy_landscape
+from .latents import (
+    coarse_latent_correlations,
+    latents_under_p,
+    level_moments,
+    level_pair_statistics,
+    pair_statistics,
+    physical_pair_statistics,
+    same_level_pairs,
+)
 from .mutual_information import (
     gaussian_copula_mi,
     gaussian_mi,
@@ -7,4 +26,20 @@ from .mutual_information import (
     neighbour_pairs,
 )
 
-__all__ = ["gaussian_copula_mi", "gaussian_mi", "ksg_mi", "mutual_information", "neighbour_pairs"]
+_LAZY = {
+    "run_analysis": "pipeline", "analyze_samples": "pipeline", "format_report": "pipeline",
+    "scalar_metrics": "pipeline",
+    "causal_cone": "response", "jacobian_columns": "response", "response_radius": "response",
+    "response_analysis": "response",
+}
+
+__all__ = ["gaussian_copula_mi", "gaussian_mi", "ksg_mi", "mutual_information", "neighbour_pairs",
+           "bimodality_coefficient", "free_energy_landscape", "coarse_latent_correlations", "latents_under_p",
+           "level_moments", "level_pair_statistics", "pair_statistics", "physical_pair_statistics",
+           "same_level_pairs", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'neuralrg.analysis' has no attribute {name!r}")

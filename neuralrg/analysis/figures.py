@@ -11,7 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..plotting import plt
+from ..plotting import plt  # sets the Agg backend first
+from matplotlib.colors import SymLogNorm  # noqa: E402
 
 
 def _num(v: Any) -> float:
@@ -46,7 +47,7 @@ def plot_latent_stats(level_stats: Sequence[dict[str, Any]], z: torch.Tensor, le
 def plot_mutual_information(level_pairs: Sequence[dict[str, Any]], physical: Sequence[dict[str, Any]],
                             methods: Sequence[str]) -> plt.Figure:
     """MI and correlation of same-level neighbouring latents vs level, next to physical neighbours."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     ks = [p["level"] for p in level_pairs]
     phys = {p["distance"]: p for p in physical}
     for mi_ax, (i, m) in zip([axes[0]] * len(methods), enumerate(methods)):
@@ -60,7 +61,7 @@ def plot_mutual_information(level_pairs: Sequence[dict[str, Any]], physical: Seq
     axes[0].axhline(0, color="k", lw=0.5)
     axes[0].set_xlabel("RG level k (neighbour distance 2^k)")
     axes[0].set_ylabel("mutual information [nats]")
-    axes[0].legend(fontsize=6)
+    axes[0].legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     axes[1].plot(ks, [_num(p["correlation"]) for p in level_pairs], "o-", color="C0", label="latents, same level")
     axes[1].plot(ks, [_num(phys[2 ** k]["correlation"]) if 2 ** k in phys else math.nan for k in ks], "s-",
                  color="C1", label="physical x at distance 2^k")
@@ -83,7 +84,8 @@ def plot_response_maps(maps: torch.Tensor, cones: Sequence[torch.Tensor | None],
     for k, ax in enumerate(axes[0]):
         m = maps[k].detach().cpu().double().numpy()
         vmax = max(1e-12, float(np.abs(m).max()))
-        ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        norm = SymLogNorm(linthresh=1e-3 * vmax, vmin=-vmax, vmax=vmax, base=10)
+        im = ax.imshow(m, cmap="RdBu_r", norm=norm, interpolation="nearest")
         if cones[k] is not None and not bool(cones[k].all()):
             ax.contour(cones[k].numpy().astype(float), levels=[0.5], colors="k", linewidths=0.7)
         i, j = response["sites"][k]
@@ -91,9 +93,11 @@ def plot_response_maps(maps: torch.Tensor, cones: Sequence[torch.Tensor | None],
         e = response["levels"][k]
         ax.set_title(f"level {k}: r_rms = {e['radius_rms_mean']:.2f}\nr_90 = {e['radius_90_mean']:.2f}", fontsize=8)
         ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0][-1], fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
     g = response.get("growth_factor_rms")
     gtxt = f"{g:.2f}" if g is not None else "n/a"
-    fig.suptitle(f"response maps ∂x/∂z_j (cone outlined); fitted radius growth per level: {gtxt}", fontsize=9)
+    fig.suptitle(f"response maps ∂x/∂z_j (symlog colour, own scale per panel, causal cone outlined); "
+                 f"fitted radius growth per level: {gtxt}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -10,8 +10,10 @@ the decimator and disentangler(s) of every finer level; outside the cone ∂x/�
 Radius of a response r_i = ∂x_i/∂z_j, with weights w_i = r_i² on the torus: the centre c is
 the circular mean of each coordinate, c = (L/2π)·arg Σ_i w_i e^{2πi·i/L}; distances are
 minimum-image Euclidean distances to c (lattice units). ``radius_rms`` = (Σ w d² / Σ w)^{1/2},
-``radius_90`` the smallest d with Σ_{d_i ≤ d} w_i ≥ 0.9 Σ w. For a MERA both grow like 2^k
-until the cone wraps around the torus ("saturated").
+``radius_90`` the smallest d with Σ_{d_i ≤ d} w_i ≥ 0.9 Σ w. ``radius_rms_offsite`` is the RMS
+radius with the latent's own site removed from the weights (for near-identity flows the
+diagonal ∂x_j/∂z_j dominates w and hides how far the induced changes reach). For a MERA the
+radii grow like 2^k until the cone wraps around the torus ("saturated").
 """
 from __future__ import annotations
 
@@ -135,10 +137,12 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
 
     z: latents (M, L, L) of samples of p. Returns (summary, maps (n_levels, L, L), cones): the
     summary has "sites", per-level entries {"level", "site", "radius_rms_mean", "radius_rms_sd",
-    "radius_90_mean", "radius_90_sd", "example_radius_rms", "example_radius_90", "cone_sites",
-    "cone_extent" [rows, cols], "saturated", "outside_cone_max_abs", "inside_cone_nonzero"},
-    and the fitted growth factors b of radius ∝ b^k over the unsaturated levels below the top
-    (all levels below the top when fewer than two are unsaturated).
+    "radius_90_mean", "radius_90_sd", "radius_rms_offsite_mean", "radius_rms_offsite_sd",
+    "example_radius_rms", "example_radius_90", "n_responses", "cone_sites", "cone_extent"
+    [rows, cols], "saturated", "outside_cone_max_abs", "inside_cone_nonzero"}, and the fitted
+    growth factors b of radius ∝ b^k (growth_factor_rms, _90, _rms_offsite) over "fit_levels":
+    the unsaturated levels below the top (all levels below the top when fewer than two are
+    unsaturated).
     """
     for name, v in (("n_latents", n_latents), ("n_configs", n_configs)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -159,13 +163,18 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
         pick = cand[torch.randperm(cand.shape[0], generator=gen)[: int(n_latents)]].tolist()
         batch_sites += pick
         batch_level += [k] * len(pick)
-    radii_rms = [[] for _ in range(n_levels)]
-    radii_90 = [[] for _ in range(n_levels)]
+    radii: dict[str, list[list[float]]] = {key: [[] for _ in range(n_levels)] for key in ("rms", "90", "offsite")}
+    idx = torch.tensor(batch_sites)
     for c in range(n_cfg):
-        rr = response_radius(jacobian_columns(flow, z[c], batch_sites))
+        cols = jacobian_columns(flow, z[c], batch_sites)
+        rr = response_radius(cols)
+        off = cols.clone()
+        off[torch.arange(len(batch_sites)), idx[:, 0], idx[:, 1]] = 0.0
+        ro = response_radius(off)["radius_rms"]
         for b, k in enumerate(batch_level):
-            radii_rms[k].append(float(rr["radius_rms"][b]))
-            radii_90[k].append(float(rr["radius_fraction"][b]))
+            radii["rms"][k].append(float(rr["radius_rms"][b]))
+            radii["90"][k].append(float(rr["radius_fraction"][b]))
+            radii["offsite"][k].append(float(ro[b]))
 
     per_level = []
     for k in range(n_levels):
@@ -173,10 +182,12 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
         cone = cones[k]
         entry: dict[str, Any] = {
             "level": k, "site": list(sites[k]),
-            "radius_rms_mean": float(np.mean(radii_rms[k])), "radius_rms_sd": float(np.std(radii_rms[k])),
-            "radius_90_mean": float(np.mean(radii_90[k])), "radius_90_sd": float(np.std(radii_90[k])),
+            "radius_rms_mean": float(np.mean(radii["rms"][k])), "radius_rms_sd": float(np.std(radii["rms"][k])),
+            "radius_90_mean": float(np.mean(radii["90"][k])), "radius_90_sd": float(np.std(radii["90"][k])),
+            "radius_rms_offsite_mean": float(np.nanmean(radii["offsite"][k])),
+            "radius_rms_offsite_sd": float(np.nanstd(radii["offsite"][k])),
             "example_radius_rms": float(ex["radius_rms"][k]), "example_radius_90": float(ex["radius_fraction"][k]),
-            "n_responses": len(radii_rms[k]),
+            "n_responses": len(radii["rms"][k]),
         }
         if cone is not None:
             rows, cols = _extent(cone)
@@ -190,10 +201,10 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
     if len(fit_levels) < 2:
         fit_levels = [e["level"] for e in below_top]
     growth = {}
-    for key in ("radius_rms_mean", "radius_90_mean"):
+    for key in ("radius_rms_mean", "radius_90_mean", "radius_rms_offsite_mean"):
         ks = np.array(fit_levels, dtype=float)
         rs = np.array([per_level[k][key] for k in fit_levels])
-        ok = rs > 0
+        ok = np.isfinite(rs) & (rs > 0)
         if ok.sum() >= 2:
             slope = np.polyfit(ks[ok], np.log2(rs[ok]), 1)[0]
             growth[key.replace("_mean", "")] = float(2.0 ** slope)
@@ -202,6 +213,7 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
     summary = {
         "sites": [list(s) for s in sites], "levels": per_level,
         "growth_factor_rms": growth["radius_rms"], "growth_factor_90": growth["radius_90"],
+        "growth_factor_rms_offsite": growth["radius_rms_offsite"],
         "fit_levels": fit_levels, "expected_growth_factor": 2.0,
         "n_latents": int(n_latents), "n_configs": n_cfg,
         "definition": "response ∂x/∂z_j at x = g(z), z from samples of p; radius_rms = RMS minimum-image "

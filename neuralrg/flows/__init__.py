@@ -2,9 +2,9 @@
 from .build import build_flat, build_flow, build_mera
 from .coupling import PlaquetteBijector, PlaquetteCoupling
 from .flat import CheckerboardCoupling
-from .hierarchy import PlaquetteLayer, latent_levels
+from .hierarchy import PlaquetteLayer, latent_levels, transfer_mera_weights
 from .model import NeuralRGFlow, StandardNormal
 
 __all__ = ["build_flow", "build_mera", "build_flat", "NeuralRGFlow", "StandardNormal",
            "PlaquetteBijector", "PlaquetteCoupling", "PlaquetteLayer", "CheckerboardCoupling",
-           "latent_levels"]
+           "latent_levels", "transfer_mera_weights"]

@@ -16,6 +16,8 @@ stay at the site where they were decimated, so z is shaped (B, L, L) like x and
 """
 from __future__ import annotations
 
+import re
+
 import normflows as nf
 import torch
 
@@ -103,3 +105,38 @@ def mera_layers(L: int, depth: int, n_couplings: int, hidden: list[int], *,
         blk = shared_dec if share_levels else new_block()
         inference.append(PlaquetteLayer(blk, d, 0, f"decimator{k}"))
     return inference[::-1]
+
+
+def _level_map(k: int, n_src: int, n_dst: int) -> int:
+    """Which source level initialises destination level k (see ``transfer_mera_weights``)."""
+    if n_src == 1:
+        return 0
+    if k == n_dst - 1:
+        return n_src - 1  # top → top
+    return min(k, n_src - 2)  # fine levels one to one; extra middle levels copy the last non-top one
+
+
+def transfer_mera_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
+    """Warm-start ``dst`` (e.g. L = 16) from a trained ``src`` MERA (e.g. L = 8), in place.
+
+    The plaquette blocks are translation invariant, so a level's block does not care about L:
+    level k of ``dst`` takes level k of ``src`` for the fine levels, the top level takes the
+    top level, and any extra middle level copies ``src``'s last non-top level. Both models
+    must have the same block architecture. Returns the number of blocks copied.
+    """
+    def blocks(flow):
+        out = {}
+        for layer in flow.flows:
+            m = re.fullmatch(r"(disentangler|decimator)(\d+)(?:\.(\d+))?", layer.kind)
+            out[(m.group(1), int(m.group(2)), int(m.group(3) or 0))] = layer.block
+        return out
+
+    for key in ("kind", "n_couplings", "hidden", "disentangler_repeats", "share_levels"):
+        if src.config.get(key) != dst.config.get(key):
+            raise ValueError(f"cannot warm-start: {key} differs ({src.config.get(key)!r} vs {dst.config.get(key)!r})")
+    sb, db = blocks(src), blocks(dst)
+    n_src = 1 + max(k for _, k, _ in sb)
+    n_dst = 1 + max(k for _, k, _ in db)
+    for (role, k, r), blk in db.items():
+        blk.load_state_dict(sb[(role, _level_map(k, n_src, n_dst), r)].state_dict())
+    return len(db)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,26 @@ from ..checkpoint import META_KEY, flow_metadata
 from ..evaluation import evaluate_flow
 from ..flows.model import NeuralRGFlow
 from .schedule import build_scheduler
+
+# Lightning's advice for manual optimisation does not apply: a checkpoint at step k holds the
+# parameters *after* k optimizer steps, which is what resuming and load_flow want. A resumed run
+# writes into its own, non-empty checkpoint directory. The rest are deprecation notices from
+# inside Lightning.
+KNOWN_WARNINGS = (
+    r".*ModelCheckpoint with manual optimization.*",
+    r"Checkpoint directory .* exists and is not empty.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
+    r".*distributed.nn.functional.all_gather is deprecated.*",
+)
+
+
+def ignore_known_warnings() -> None:
+    """Silence the Lightning warnings that do not apply to this module."""
+    for pattern in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+ignore_known_warnings()  # also in ddp_spawn workers, which import this module to unpickle it
 
 # set in trainer.callback_metrics at the end of fit (these reach the main process under ddp_spawn)
 FIT_STEP_KEY = "fit/global_step"
@@ -146,21 +167,20 @@ class FlowModule(pl.LightningModule):
         if not self._all_ranks_finite(loss):
             bad = {name: int((~torch.isfinite(v.detach())).sum())
                    for name, v in (("x", x.flatten(1).sum(1)), ("ln q(x)", log_q), ("E(x)", energy))}
-            detail = ", ".join(f"{k}: {v} of {f.numel()}" for k, v in bad.items())
+            detail = ", ".join(f"{k} {v}/{f.numel()}" for k, v in bad.items())
             raise NonFiniteLossError(
-                f"non-finite variational free energy (loss = {loss.item()}) at step {step} "
-                f"({step} optimizer steps completed) "
-                f"(non-finite samples on rank {self.global_rank}: {detail}); parameters were left "
-                "unchanged and the last checkpoint is the last good state")
+                f"non-finite variational free energy (loss = {loss.item()}) at step {step}, after "
+                f"{step} completed optimizer steps; non-finite samples on rank {self.global_rank}: "
+                f"{detail}. Parameters were left unchanged; the last checkpoint holds the last good state")
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         grads = [p.grad for p in self.flow.parameters() if p.grad is not None]
         gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         if not self._all_ranks_finite(gnorm):
             raise NonFiniteLossError(
-                f"non-finite gradient norm ({gnorm.item()}) at step {step} ({step} optimizer steps "
-                f"completed; loss = {loss.item()}); "
-                "parameters were left unchanged and the last checkpoint is the last good state")
+                f"non-finite gradient norm ({gnorm.item()}) at step {step}, after {step} completed "
+                f"optimizer steps (loss = {loss.item()}). Parameters were left unchanged; the last "
+                "checkpoint holds the last good state")
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.flow.parameters(), float(self.grad_clip))
         opt.step()

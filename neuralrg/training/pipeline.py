@@ -2,14 +2,14 @@
 
 ``train.py`` only composes the config and calls ``run_training``. Keys of ``summary.json``:
 
-* status ("completed", "interrupted", or "stopped: <why>" after a NaN/inf), run_dir, target
+* status ("completed", "interrupted" after Ctrl-C, or "stopped: <why>" after a NaN/inf), run_dir, target
   {L, K, shift}, model (the flow's config + num_parameters), dtype, device, world_size, steps
   (global_step reached), batch_size (per rank), wall_time_s, rank_sample_fingerprints (one
   number per DDP rank from its first batch; they differ when the ranks draw different samples),
   relative_error_divides;
 * exact: ``neuralrg.exact.exact_solution(L, K, shift)`` (Kaufman: log_z, free_energy_per_site,
   energy_per_site, specific_heat_per_site of the discrete model, and continuous_log_z = ln Z_x);
-* the final evaluation (``neuralrg.evaluation.evaluate_flow``, only when not stopped):
+* the final evaluation (``neuralrg.evaluation.evaluate_flow``, only when completed):
   free_energy_per_site ± free_energy_per_site_err (F_q/N), exact_free_energy_per_site
   (−ln Z_x/N), gap_per_site, relative_error (gap / (ln Z_x/N)), is_log_z_per_site ± err,
   is_free_energy_per_site, is_gap_per_site, ess_fraction, metropolis_acceptance, n_samples;
@@ -37,7 +37,7 @@ from ..checkpoint import META_KEY, CheckpointError, flow_metadata, read_checkpoi
 from ..evaluation import evaluate_flow
 from ..exact import exact_solution
 from .data import StepIndices
-from .module import FIT_FINGERPRINTS_KEY, FIT_STEP_KEY, FlowModule, NonFiniteLossError
+from .module import FIT_FINGERPRINTS_KEY, FIT_STEP_KEY, FlowModule, NonFiniteLossError, ignore_known_warnings
 from .rundir import RunDirectoryError, check_run_dir, launched_rank
 
 __all__ = ["run_training", "build_module", "build_trainer", "final_evaluation", "format_summary",
@@ -45,11 +45,6 @@ __all__ = ["run_training", "build_module", "build_trainer", "final_evaluation", 
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-# Lightning's advice for manual optimisation does not apply: a checkpoint at step k holds the
-# parameters *after* k optimizer steps, which is what resuming and load_flow want.
-warnings.filterwarnings("ignore", message=r".*ModelCheckpoint with manual optimization.*")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def _check_resume_matches(ckpt_path: str, module: FlowModule) -> None:
@@ -143,8 +138,9 @@ def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict
     ``callbacks`` are added to the configured ones. Raises ``RunDirectoryError`` if the run
     directory already holds a run (unless ``ckpt_path`` resumes that run), ``CheckpointError``
     if ``ckpt_path`` does not match the configured model, and ``NonFiniteLossError`` (after
-    writing summary.json with status "stopped: …") if training hit a NaN/inf. Under DDP only
-    rank 0 returns the summary; the other ranks return {}.
+    writing summary.json with status "stopped: …") if training hit a NaN/inf; after Ctrl-C it
+    writes summary.json with status "interrupted" (no evaluation) and exits with status 1.
+    Under DDP only rank 0 returns the summary; the other ranks return {}.
     """
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = cfg.get("ckpt_path")
@@ -163,7 +159,9 @@ def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict
     data = StepIndices(cfg.steps_per_epoch)
     t0 = time.perf_counter()
     status = "completed"
-    with _log_to_file(run_dir / "train.log") if first_rank else contextlib.nullcontext():
+    log_file = _log_to_file(run_dir / "train.log") if first_rank else contextlib.nullcontext()
+    with log_file, warnings.catch_warnings():
+        ignore_known_warnings()
         try:
             # the checkpoint holds plain data only (see neuralrg.checkpoint): load it safely
             trainer.fit(module, train_dataloaders=data, ckpt_path=ckpt_path,
@@ -171,17 +169,23 @@ def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict
         except NonFiniteLossError as exc:
             status = f"stopped: {exc}"
             log.error("training stopped: %s", exc)
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            status = "interrupted"  # Ctrl-C: Lightning shut down and asks to exit
+            log.warning("training interrupted at step %d; resume with ckpt_path=<run dir>/checkpoints/"
+                        "last.ckpt (the last checkpoint)", trainer.global_step)
         wall = time.perf_counter() - t0
-        if trainer.interrupted and status == "completed":
-            status = "interrupted"
         summary: dict[str, Any] = {}
         if trainer.is_global_zero:
             summary = _summarise(cfg, trainer, module, status, wall)
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
             log.info("summary written to %s", run_dir / "summary.json")
-        _finish_wandb(trainer, summary, failed=status.startswith("stopped"))
+        _finish_wandb(trainer, summary, failed=status != "completed")
     if status.startswith("stopped"):
         raise NonFiniteLossError(status)
+    if status == "interrupted":
+        raise SystemExit(1)
     return summary
 
 
@@ -209,7 +213,7 @@ def _summarise(cfg: DictConfig, trainer: pl.Trainer, module: FlowModule, status:
         "exact": exact_solution(target.L, target.K, target.shift),
         "rank_sample_fingerprints": fingerprints,
     }
-    if status in ("completed", "interrupted"):
+    if status == "completed":
         summary.update(final_evaluation(flow, int(cfg.final_eval_samples)))
     return summary
 

@@ -30,6 +30,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str = "cosine", t
     """A LambdaLR stepping once per optimizer step."""
     if name not in SCHEDULES:
         raise ValueError(f"scheduler name must be one of {SCHEDULES}, got {name!r}")
+    if int(total_steps) < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if int(warmup_steps) < 0:
+        raise ValueError(f"scheduler warmup_steps must be >= 0, got {warmup_steps}")
+    if not 0.0 <= float(min_factor) <= 1.0:
+        raise ValueError(f"scheduler min_factor must be in [0, 1], got {min_factor}")
+    if int(step_every) < 1:
+        raise ValueError(f"scheduler step_every must be >= 1, got {step_every}")
+    if not 0.0 < float(gamma) <= 1.0:
+        raise ValueError(f"scheduler gamma must be in (0, 1], got {gamma}")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, name=name, total_steps=total_steps, warmup_steps=warmup_steps,
                                        min_factor=min_factor, step_every=step_every, gamma=gamma))
