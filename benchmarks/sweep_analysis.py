@@ -121,7 +121,7 @@ def plot_sweep(rows: list[dict[str, Any]], primary: str):
     axes[0].plot(Ks, [_num(r["physical_nn_mi"][primary]) for r in rows], "ks--", label="physical x, nn")
     axes[0].set_ylabel(f"neighbour MI [nats] ({primary})")
     axes[0].legend(fontsize=6)
-    cmap = plt.get_cmap("coolwarm")
+    cmap = plt.get_cmap("viridis")
     kmin, kmax = min(Ks), max(Ks)
     for r in rows:
         c = cmap(0.5 if kmax == kmin else (r["K"] - kmin) / (kmax - kmin))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -101,10 +102,11 @@ def probe_step_seconds(cfg, n: int = 6) -> float:
     return statistics.median(ts[2:])
 
 
-def run_quality(L: int, minutes: list[float], overrides: list[str], eval_samples: int, threads: int) -> dict:
+def run_quality(L: int, minutes: list[float], overrides: list[str], eval_samples: int, threads: int,
+                tag: str = "") -> dict:
     torch.set_num_threads(threads)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    run_dir = RESULTS / "runs" / f"L{L}_{stamp}"
+    run_dir = RESULTS / "runs" / f"L{L}{tag}_{stamp}_{os.getpid()}"
     cfg = compose_cfg(L, overrides, run_dir)
     step_s = probe_step_seconds(cfg)
     budget = 60 * max(minutes)
@@ -181,7 +183,7 @@ def main() -> None:
               f"{res['lightning_ms']:.1f} ms/step, overhead {100 * res['overhead_fraction']:.1f}%")
         out = RESULTS / "lightning_overhead.json"
     else:
-        res = run_quality(args.L, args.minutes, args.overrides, args.eval_samples, args.threads)
+        res = run_quality(args.L, args.minutes, args.overrides, args.eval_samples, args.threads, args.tag)
         print(f"\n{'min':>5} {'step':>6} {'gap/N':>9} {'± err':>8} {'rel.err':>9} {'Z2 gap/N':>9} {'ESS/M':>7}")
         for r in res["records"]:
             print(f"{r['minutes']:5.1f} {r['step']:6d} {r['gap_per_site']:9.5f} {r['free_energy_per_site_err']:8.5f} "

@@ -19,7 +19,7 @@ from neuralrg.analysis import (bimodality_coefficient, coarse_latent_correlation
                                latents_under_p, level_moments, level_pair_statistics, pair_statistics,
                                same_level_pairs)
 from neuralrg.analysis.response import causal_cone, jacobian_columns, response_analysis, response_radius
-from neuralrg.checkpoint import flow_metadata
+from neuralrg.checkpoint import flow_metadata, load_flow
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,6 +333,14 @@ def test_run_analysis_end_to_end(trained_run, tmp_path):
                        response={"n_latents": 2, "n_configs": 1}, device="cpu", figures=False)
     assert res["sampling"]["sampler"] == "flow_metropolis" and res["figures"] == []
     assert 0 < res["sampling"]["acceptance"] <= 1
+    # configurations from a sample.py run (samples.npz, key x) instead of sampling
+    with torch.no_grad():
+        x = load_flow(trained_run).sample(64)[0]
+    np.savez(tmp_path / "samples.npz", x=x.numpy())
+    res = run_analysis(run=str(trained_run), out_dir=str(tmp_path / "npz"), samples=str(tmp_path / "samples.npz"),
+                       mi={"max_samples": 800}, response={"n_latents": 2, "n_configs": 1}, device="cpu",
+                       figures=False)
+    assert res["sampling"]["sampler"] == "samples_file" and res["sampling"]["n_configurations"] == 64
 
 
 def test_analyze_py_subprocess_and_sweep(trained_run, tmp_path):

@@ -50,14 +50,16 @@ def plot_mutual_information(level_pairs: Sequence[dict[str, Any]], physical: Seq
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     ks = [p["level"] for p in level_pairs]
     phys = {p["distance"]: p for p in physical}
-    for mi_ax, (i, m) in zip([axes[0]] * len(methods), enumerate(methods)):
+    mi_ax = axes[0]
+    for i, m in enumerate(methods):
         style = "-" if i == 0 else "--"
         lat = [_num(p["mi"][m]) for p in level_pairs]
         mi_ax.plot(ks, lat, "o" + style, color="C0", label=f"latents, same level ({m})")
         same = [_num(phys[2 ** k]["mi"][m]) if 2 ** k in phys else math.nan for k in ks]
         mi_ax.plot(ks, same, "s" + style, color="C1", label=f"physical x at distance 2^k ({m})")
         if 1 in phys:
-            mi_ax.axhline(_num(phys[1]["mi"][m]), color="C3", ls=style, lw=0.9, label=f"physical nearest neighbours ({m})")
+            mi_ax.axhline(_num(phys[1]["mi"][m]), color="C3", ls=style, lw=0.9,
+                          label=f"physical nearest neighbours ({m})")
     axes[0].axhline(0, color="k", lw=0.5)
     axes[0].set_xlabel("RG level k (neighbour distance 2^k)")
     axes[0].set_ylabel("mutual information [nats]")

@@ -6,7 +6,10 @@ an existing ``samples.npz`` from ``sample.py``; never raw flow samples), compute
 z = g⁻¹(x) (``latents.latents_under_p``) and writes to ``out_dir`` (default
 ``<run>/analysis/<timestamp>/``) the figures latent_stats.png, mutual_information.png,
 response_maps.png, top_latent_landscape.png and ``analysis.json`` (written last: a directory
-with it is complete). Non-finite numbers are written as null. Keys of analysis.json:
+with it is complete). With ``logger="wandb"`` (analyze.py: ``log_to=wandb``) the headline numbers
+(``scalar_metrics``) and the figures also go to a W&B run in ``out_dir/wandb`` — offline unless
+``wandb.mode``/WANDB_MODE say otherwise; any W&B failure is only a warning. Non-finite numbers
+are written as null. Keys of analysis.json:
 
 * run, checkpoint, created, target {L, K, shift}, model (flow config), device, dtype, seed;
 * sampling: {sampler, settings, acceptance, n_configurations, wall_time_s, exact: true,
@@ -30,7 +33,7 @@ with it is complete). Non-finite numbers are written as null. Keys of analysis.j
 * landscape: {variable, top_latent: free_energy_landscape of z at site (0, 0) (the coarsest
   latent), magnetisation: the same for m = E[m|x] (the physical order parameter, reference),
   note};
-* figures: file names; timing: seconds per stage.
+* figures: file names; timing: seconds per stage; wandb_logged (only with logger="wandb").
 
 Reading the landscape: under p the top latent has density N(z)·p(g(z))/q(g(z)) marginalised,
 so a perfect flow gives a single Gaussian well ½z² at any temperature. Below T_c a trained flow
@@ -52,6 +55,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..runs import resolve_device, run_output_dir
 from ..checkpoint import load_flow, resolve_checkpoint
 from ..observables import conditional_moments
 from ..plotting import save_figure
@@ -108,22 +112,6 @@ def _check_config(settings: dict[str, Any], mi: dict[str, Any], response: dict[s
     _int_at_least(response, "n_configs", 1, "response")
     _int_at_least(landscape, "bins", 2, "landscape")
     _int_at_least(landscape, "grid_points", 3, "landscape")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {name!r}") from exc
-
-
-def default_out_dir(run: str | Path) -> Path:
-    """``<run dir>/analysis/<timestamp>`` (for a checkpoint file: its run directory)."""
-    ckpt = resolve_checkpoint(run)
-    base = Path(run) if Path(run).is_dir() else ckpt.parent.parent
-    return base / "analysis" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -388,8 +376,8 @@ def run_analysis(*, run: str | Path, out_dir: str | Path | None = None, sampler:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
 
-    flow = load_flow(run, L=L, K=K, map_location=_device(device), dtype=dtypes.get(dtype))
-    out = Path(out_dir) if out_dir else default_out_dir(run)
+    flow = load_flow(run, L=L, K=K, map_location=resolve_device(device), dtype=dtypes.get(dtype))
+    out = Path(out_dir) if out_dir else run_output_dir(run, "analysis")
     if (out / "analysis.json").exists():
         raise ValueError(f"out_dir {out} already holds a completed analysis; choose another out_dir")
     out.mkdir(parents=True, exist_ok=True)

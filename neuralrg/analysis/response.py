@@ -169,7 +169,8 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
         cols = jacobian_columns(flow, z[c], batch_sites)
         rr = response_radius(cols)
         off = cols.clone()
-        off[torch.arange(len(batch_sites)), idx[:, 0], idx[:, 1]] = 0.0
+        ii = idx.to(off.device)
+        off[torch.arange(len(batch_sites), device=off.device), ii[:, 0], ii[:, 1]] = 0.0
         ro = response_radius(off)["radius_rms"]
         for b, k in enumerate(batch_level):
             radii["rms"][k].append(float(rr["radius_rms"][b]))

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..runs import resolve_device, run_output_dir
 from ..checkpoint import load_flow, resolve_checkpoint
 from ..evaluation import draw_log_weights, variational_summary
 from ..plotting import plot_configurations, plot_latent_levels, plot_traces, save_figure
@@ -35,34 +35,6 @@ from .runner import (SAMPLERS, ChainRun, level_blocks, run_flow_metropolis, run_
 
 COMPARE = ("latent_hmc", "physical_hmc", "flow_metropolis")
 SETTINGS = ("n_chains", "n_warmup", "n_samples", "n_leapfrog", "step_size", "target_accept", "block_levels")
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA if available, else CPU) or a torch device string such as 'cpu', 'cuda:1'."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {name!r}") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available()
-                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
-        raise ValueError(f"device {name!r} is not available (torch.cuda.device_count() = "
-                         f"{torch.cuda.device_count()}); use device=cpu or device=auto")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {name!r}")
-    return dev
-
-
-def default_out_dir(run: str | Path) -> Path:
-    """<run dir>/sampling/<timestamp>; for a checkpoint file the run dir is the folder above
-    ``checkpoints/``, or the checkpoint's own folder."""
-    ckpt = resolve_checkpoint(run)
-    if Path(run).is_dir():
-        base = Path(run)
-    else:
-        base = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return base / "sampling" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def run_sampler(name: str, flow: Any, s: dict[str, Any], generator: torch.Generator) -> ChainRun:
@@ -151,7 +123,7 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
     flow = load_flow(run, L=L, K=K, map_location=resolve_device(device))
     if settings.get("block_levels") is not None or "blocked_latent_hmc" in samplers:
         level_blocks(flow, settings.get("block_levels") or default_blocks(flow.n_levels))
-    out = Path(out_dir) if out_dir else default_out_dir(run)
+    out = Path(out_dir) if out_dir else run_output_dir(run, "sampling")
     _check_out_dir(out)
     gen = torch.Generator(device=flow.device).manual_seed(seed)
 

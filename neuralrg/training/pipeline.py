@@ -191,7 +191,8 @@ def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict
 
 def _summarise(cfg: DictConfig, trainer: pl.Trainer, module: FlowModule, status: str,
                wall: float) -> dict[str, Any]:
-    flow = module.flow.eval()
+    # Lightning's teardown moved the module to the CPU: evaluate on the training device
+    flow = module.flow.to(trainer.strategy.root_device).eval()
     target = flow.target
     metrics = trainer.callback_metrics  # the fit/ entries also reach the main process under ddp_spawn
     steps = int(metrics[FIT_STEP_KEY]) if FIT_STEP_KEY in metrics else int(trainer.global_step)
