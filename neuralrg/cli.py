@@ -16,7 +16,7 @@ def exit_on_user_error() -> Iterator[None]:
     and exit status 1, without a traceback."""
     from hydra.errors import InstantiationException
 
-    from .training.module import NonFiniteLossError
+    from .errors import NonFiniteLossError
 
     try:
         yield

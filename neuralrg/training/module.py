@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from ..errors import NonFiniteLossError
 from ..checkpoint import META_KEY, flow_metadata
 from ..evaluation import evaluate_flow
 from ..flows.model import NeuralRGFlow
@@ -47,10 +48,6 @@ ignore_known_warnings()  # also in ddp_spawn workers, which import this module t
 # set in trainer.callback_metrics at the end of fit (these reach the main process under ddp_spawn)
 FIT_STEP_KEY = "fit/global_step"
 FIT_FINGERPRINTS_KEY = "fit/rank_sample_fingerprints"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss or gradient; the message names step and quantity."""
 
 
 class FlowModule(pl.LightningModule):
