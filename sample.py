@@ -19,7 +19,9 @@ def main(cfg: DictConfig) -> None:
         samplers = list(COMPARE) if cfg.mode == "compare" else [cfg.sampler]
         summary = run_sampling(run=cfg.run, samplers=samplers, out_dir=cfg.out_dir, L=cfg.L, K=cfg.K,
                                seed=cfg.seed, device=cfg.device, importance_samples=cfg.importance_samples,
-                               settings=OmegaConf.to_container(cfg.settings, resolve=True), figures=cfg.figures)
+                               settings=OmegaConf.to_container(cfg.settings, resolve=True), figures=cfg.figures,
+                               symmetrize=cfg.symmetrize,
+                               per_sampler=OmegaConf.to_container(cfg.per_sampler, resolve=True))
         print(format_table(summary))
         for key, label in (("importance_sampling", "flow"), ("importance_sampling_z2", "Z2-symmetrised flow")):
             if key in summary:

@@ -3,8 +3,8 @@
     python benchmarks/sampling_compare.py RUN_DIR [--chains 64] [--samples 400] [--warmup 150]
 
 RUN_DIR is a training run (e.g. the L = 16, K_c run of benchmarks/train_quality.py). All
-samplers get the same number of chains and kept trajectories (flow-Metropolis: proposals);
-the HMC samplers share the leapfrog count, the target acceptance and the dual-averaging
+samplers get the same number of chains and kept trajectories (flow-Metropolis: proposals)
+unless --physical-samples / --metropolis-samples give the cheap ones more; the HMC samplers share the leapfrog count, the target acceptance and the dual-averaging
 warm-up. Reports τ_int(m²) and τ_int(E) in trajectories (with whether Sokal's window
 converged — otherwise a lower bound), ESS per second, and the energy per site against the
 exact value; the ratios latent/physical are the headline numbers. Writes
@@ -33,12 +33,22 @@ def main() -> None:
     ap.add_argument("--leapfrog", type=int, default=10)
     ap.add_argument("--target-accept", type=float, default=0.8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--physical-samples", type=int, default=None,
+                    help="kept trajectories for physical HMC (cheap: give it more to converge its τ window)")
+    ap.add_argument("--metropolis-samples", type=int, default=None)
+    ap.add_argument("--no-symmetrize", action="store_true", help="sample with the plain (not Z2) flow")
     ap.add_argument("--samplers", nargs="+", default=["latent_hmc", "physical_hmc", "flow_metropolis"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = dict(n_chains=args.chains, n_warmup=args.warmup, n_samples=args.samples, n_leapfrog=args.leapfrog,
                     step_size=0.1, target_accept=args.target_accept, block_levels=None)
-    summary = run_sampling(run=args.run, samplers=args.samplers, settings=settings,
+    per = {}
+    if args.physical_samples:
+        per["physical_hmc"] = {"n_samples": args.physical_samples}
+    if args.metropolis_samples:
+        per["flow_metropolis"] = {"n_samples": args.metropolis_samples}
+    summary = run_sampling(run=args.run, samplers=args.samplers, settings=settings, per_sampler=per,
+                           symmetrize=not args.no_symmetrize,
                            out_dir=str(RESULTS / "sampling_runs" / Path(args.run).name), importance_samples=16384)
     print(format_table(summary))
     s = summary["samplers"]

@@ -137,17 +137,34 @@ def run_quality(L: int, minutes: list[float], overrides: list[str], eval_samples
 
 
 def lightning_overhead(L: int = 16, batch: int = 256, steps: int = 30, threads: int = 2) -> dict:
-    """ms/step of the same model and optimizer: plain loop vs Lightning (no logger/ckpt/eval)."""
+    """ms/step of the same model and optimizer: plain loop vs Lightning (no logger/ckpt/eval).
+
+    The plain loop does the same work per step as ``FlowModule.training_step`` (sample, loss,
+    finite check, backward, gradient-norm clipping, Adam, schedule), so the difference is what
+    Lightning and its per-step metric logging add."""
     torch.set_num_threads(threads)
     cfg = compose_cfg(L, [f"batch_size={batch}", "eval_every=0", f"steps={steps}"], RESULTS / "overhead")
     pl.seed_everything(0, verbose=False)
     module = build_module(cfg)
     opt = instantiate(cfg.optimizer)(module.flow.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+    def plain_step() -> None:
+        f, _ = module.free_energy_samples(batch)
+        loss = f.mean()
+        assert torch.isfinite(loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(module.flow.parameters(), float(cfg.grad_clip))
+        assert torch.isfinite(gnorm)
+        opt.step()
+        sched.step()
+
     for _ in range(3):
-        f, _ = module.free_energy_samples(batch); opt.zero_grad(); f.mean().backward(); opt.step()
+        plain_step()
     t = time.perf_counter()
     for _ in range(steps):
-        f, _ = module.free_energy_samples(batch); opt.zero_grad(); f.mean().backward(); opt.step()
+        plain_step()
     plain = (time.perf_counter() - t) / steps
     module = build_module(cfg)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps + 3, logger=False, enable_checkpointing=False,

@@ -251,7 +251,9 @@ def test_run_sampling_writes_complete_outputs(run_dir, flow, tmp_path):
     out = tmp_path / "out"
     samplers = ["physical_hmc", "latent_hmc", "blocked_latent_hmc", "flow_metropolis"]
     summary = pipeline.run_sampling(run=str(run_dir), samplers=samplers, settings=dict(SMALL), out_dir=str(out),
-                                    L=4, seed=3, device="cpu", importance_samples=256, figures=True)
+                                    L=4, seed=3, device="cpu", importance_samples=256, figures=True,
+                                    symmetrize=False)
+    assert summary["symmetrized"] is False and summary["trained_with_z2"] is False
     names = {p.name for p in out.iterdir()}
     pngs = {"samples.png", "latents.png", *(f"trace_{s}.png" for s in samplers)}
     assert names == {"samples.npz", "summary.json", *pngs}
@@ -298,9 +300,15 @@ def test_latent_run_npz_latents_map_to_samples(run_dir, flow, tmp_path):
     pipeline.run_sampling(run=str(run_dir / "checkpoints" / "last.ckpt"), samplers=["latent_hmc"],
                           settings=dict(SMALL), out_dir=str(out), device="cpu", figures=False)
     data = np.load(out / "samples.npz")
-    with torch.no_grad():
-        torch.testing.assert_close(flow.forward(torch.from_numpy(data["z"])), torch.from_numpy(data["x"]))
-        torch.testing.assert_close(torch.from_numpy(data["log_q"]), flow.log_prob(torch.from_numpy(data["x"])))
+    x, z = torch.from_numpy(data["x"]), torch.from_numpy(data["z"])
+    with torch.no_grad():  # default symmetrize=True: x = ±g(z) with a random sign, log_q = ln q_sym(x)
+        gz = flow.forward(z)
+        sign = torch.sign((x * gz).sum(dim=(1, 2)))[:, None, None]
+        torch.testing.assert_close(sign * gz, x)
+        assert (sign > 0).any() and (sign < 0).any()
+        lq_plain, lq_flip = flow.log_prob(x), flow.log_prob(-x)
+        torch.testing.assert_close(torch.from_numpy(data["log_q"]),
+                                   torch.logaddexp(lq_plain, lq_flip) - math.log(2.0))
     assert {p.name for p in out.iterdir()} == {"samples.npz", "summary.json"}
 
 

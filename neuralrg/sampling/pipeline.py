@@ -105,8 +105,14 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out_dir: str | None = None,
                  L: int | None = None, K: float | None = None, seed: int = 0, device: str = "auto",
-                 importance_samples: int = 0, figures: bool = True) -> dict[str, Any]:
+                 importance_samples: int = 0, figures: bool = True, symmetrize: bool = True,
+                 per_sampler: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run ``samplers`` on the flow of ``run`` (run dir or .ckpt) and write the outputs.
+
+    ``symmetrize``: sample with the Z2-symmetrised flow q_sym (random global sign; latent HMC
+    uses U with q_sym, flow Metropolis the q_sym weights). Reverse KL tends to cover only one
+    sign of m, so this is the default; it costs one extra inverse pass per density evaluation.
+    ``per_sampler``: settings that differ for one sampler, e.g. {"physical_hmc": {"n_samples": 8000}}.
 
     ``settings``: the keys of ``SETTINGS`` (see conf/sample.yaml); ``L`` / ``K``: expected
     lattice size / coupling of the checkpoint; ``importance_samples``: 0, or M ≥ 2 flow
@@ -116,11 +122,18 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
     if isinstance(samplers, str) or not samplers or any(s not in SAMPLERS for s in samplers):
         raise ValueError(f"samplers must be a non-empty list of {SAMPLERS}, got {samplers!r}")
     validate_settings(settings)
+    per_sampler = {k: dict(v) for k, v in (per_sampler or {}).items()}
+    for name, extra in per_sampler.items():
+        if name not in SAMPLERS:
+            raise ValueError(f"per_sampler keys must be among {SAMPLERS}, got {name!r}")
+        validate_settings({**settings, **extra})
     if not _is_int(importance_samples) or importance_samples < 0 or importance_samples == 1:
         raise ValueError(f"importance_samples must be 0 (skip) or an integer >= 2, got {importance_samples!r}")
     if not _is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     flow = load_flow(run, L=L, K=K, map_location=resolve_device(device))
+    trained_z2 = flow.z2
+    flow.z2 = bool(symmetrize) or trained_z2
     if settings.get("block_levels") is not None or "blocked_latent_hmc" in samplers:
         level_blocks(flow, settings.get("block_levels") or default_blocks(flow.n_levels))
     out = Path(out_dir) if out_dir else run_output_dir(run, "sampling")
@@ -130,23 +143,27 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
     results: dict[str, Any] = {}
     runs: dict[str, ChainRun] = {}
     for name in samplers:
-        r = run_sampler(name, flow, settings, gen)
+        r = run_sampler(name, flow, {**settings, **per_sampler.get(name, {})}, gen)
         runs[name] = r
         results[name] = summarize_run(r, flow)
     summary: dict[str, Any] = {
         "run": str(run), "checkpoint": str(resolve_checkpoint(run)),
         "target": {"L": flow.L, "K": flow.target.K, "shift": flow.target.shift},
         "model": flow.config, "device": str(flow.device), "dtype": str(flow.dtype).replace("torch.", ""),
-        "seed": seed, "settings": settings, "samplers": results,
+        "seed": seed, "settings": settings, "per_sampler": per_sampler, "symmetrized": flow.z2,
+        "trained_with_z2": trained_z2, "samplers": results,
     }
     if importance_samples:
-        summary["importance_sampling"] = importance_summary(flow, importance_samples, gen)
-        if not flow.z2:  # reverse KL tends to cover one sign of m: then ln Ẑ misses ln 2
-            flow.z2 = True
-            try:
+        # the density as trained, and (if trained without Z2) the symmetrised one: reverse KL
+        # tends to cover one sign of m, and then the plain ln Ẑ misses ln 2
+        symmetrized, flow.z2 = flow.z2, trained_z2
+        try:
+            summary["importance_sampling"] = importance_summary(flow, importance_samples, gen)
+            if not trained_z2:
+                flow.z2 = True
                 summary["importance_sampling_z2"] = importance_summary(flow, importance_samples, gen)
-            finally:
-                flow.z2 = False
+        finally:
+            flow.z2 = symmetrized
 
     main = runs[samplers[0]]
     arrays = {"x": main.x, "z": main.z, "log_q": main.log_q, "energy_per_sample": main.energy,

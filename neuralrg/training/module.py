@@ -171,15 +171,15 @@ class FlowModule(pl.LightningModule):
                 f"{detail}. Parameters were left unchanged; the last checkpoint holds the last good state")
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        grads = [p.grad for p in self.flow.parameters() if p.grad is not None]
-        gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        # one pass gives the norm (before clipping) and clips; a non-finite norm raises below,
+        # before the optimizer touches the parameters
+        max_norm = float(self.grad_clip) if self.grad_clip else float("inf")
+        gnorm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), max_norm)
         if not self._all_ranks_finite(gnorm):
             raise NonFiniteLossError(
                 f"non-finite gradient norm ({gnorm.item()}) at step {step}, after {step} completed "
                 f"optimizer steps (loss = {loss.item()}). Parameters were left unchanged; the last "
                 "checkpoint holds the last good state")
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.flow.parameters(), float(self.grad_clip))
         opt.step()
         sched.step()
 
