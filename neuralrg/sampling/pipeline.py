@@ -213,7 +213,8 @@ def format_table(summary: dict[str, Any]) -> str:
         rows.append(f"{name:<20} {r['acceptance']:6.3f} {r['seconds_per_trajectory']:8.4f} "
                     f"{flag(tm) + format(tm['trajectories'], '.1f'):>9} {flag(te) + format(te['trajectories'], '.1f'):>8} "
                     f"{r['ess_per_second']:9.2f} {e['mean']:>11.5f} ± {e['err']:.5f} "
-                    f"{r['deviation_sigma'].get('energy_per_site', float('nan')):6.2f}")
+                    f"{r['deviation_sigma'].get('energy_per_site', float('nan')):6.2f}{'' if te['converged'] else '*'}")
     if exact_e is not None:
-        rows.append(f"exact energy per site: {exact_e:.6f}   ('>': τ_int window not converged, lower bound)")
+        rows.append(f"exact energy per site: {exact_e:.6f}   ('>': τ_int window not converged, lower bound;\n"
+                    "'*': so the error bar is too small and the deviation in σ overstated — run longer chains)")
     return "\n".join(rows)
