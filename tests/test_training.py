@@ -566,3 +566,17 @@ def test_ddp_two_cpu_ranks_via_train_py(tmp_path, strategy):
         assert (run_dir / "train_ddp_process_1.log").is_file()
     assert sorted(q.name for q in tmp_path.iterdir()) == ["ddp"]
     assert load_ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 6
+
+
+def test_warm_start_from_smaller_lattice(tmp_path):
+    """init_from: an L = 4 run initialises an L = 8 MERA (translation-invariant blocks)."""
+    small_dir = tmp_path / "small"
+    run_training(make_cfg("steps=20", "eval_every=10", run_dir=small_dir))
+    module = build_module(make_cfg("target.L=8", f"init_from={small_dir}", run_dir=tmp_path / "big"))
+    small = neuralrg.load_flow(small_dir)
+    s0 = [m for m in small.flows if m.kind == "decimator0"][0].block.state_dict()
+    b0 = [m for m in module.flow.flows if m.kind == "decimator0"][0].block.state_dict()
+    assert all(torch.equal(s0[k], b0[k].to(s0[k].dtype)) for k in s0)
+    with pytest.raises(ValueError, match="init_from"):
+        build_module(make_cfg("target.L=8", f"init_from={small_dir}",
+                              f"ckpt_path={small_dir}/checkpoints/last.ckpt", run_dir=tmp_path / "c"))

@@ -33,7 +33,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, read_write
 from pytorch_lightning.loggers import WandbLogger
 
-from ..checkpoint import META_KEY, CheckpointError, flow_metadata, read_checkpoint
+from ..checkpoint import META_KEY, CheckpointError, flow_metadata, load_flow, read_checkpoint
+from ..flows import transfer_mera_weights
 from ..evaluation import evaluate_flow
 from ..exact import exact_solution
 from .data import StepIndices
@@ -62,12 +63,30 @@ def build_module(cfg: DictConfig) -> FlowModule:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     target = instantiate(cfg.target)
     flow = instantiate(cfg.model)(target=target).to(DTYPES[cfg.dtype])
+    if cfg.get("init_from"):
+        warm_start(flow, cfg.init_from, resuming=bool(cfg.get("ckpt_path")))
     container = OmegaConf.to_container(cfg, resolve=True)
     return FlowModule(
         flow, instantiate(cfg.optimizer), OmegaConf.to_container(cfg.scheduler, resolve=True),
         total_steps=cfg.steps, batch_size=cfg.batch_size, grad_clip=cfg.grad_clip,
         path_gradient=cfg.path_gradient, eval_every=cfg.eval_every, eval_samples=cfg.eval_samples,
         seed=cfg.seed, config=container)
+
+
+def warm_start(flow: Any, init_from: str, *, resuming: bool = False) -> None:
+    """Initialise a MERA flow from a trained one (any L; same block architecture).
+
+    The plaquette blocks are translation invariant, so an L = 8 model can start an L = 16 one:
+    see ``neuralrg.flows.transfer_mera_weights`` for which level initialises which.
+    """
+    if resuming:
+        raise ValueError("init_from and ckpt_path exclude each other: ckpt_path resumes a run, "
+                         "init_from starts a new one from another run's weights")
+    if flow.config.get("kind") != "mera":
+        raise ValueError(f"init_from needs model=mera, got kind {flow.config.get('kind')!r}")
+    src = load_flow(init_from)
+    n = transfer_mera_weights(src, flow)
+    log.info("warm start: %d blocks initialised from %s (L = %d -> %d)", n, init_from, src.L, flow.L)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
