@@ -8,7 +8,7 @@ unless --physical-samples / --metropolis-samples give the cheap ones more; the H
 warm-up. Reports τ_int(m²) and τ_int(E) in trajectories (with whether Sokal's window
 converged — otherwise a lower bound), ESS per second, and the energy per site against the
 exact value; the ratios latent/physical are the headline numbers. Writes
-benchmarks/results/sampling_compare_L{L}.json.
+benchmarks/results/sampling_compare_L{L}{--tag}.json.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--metropolis-samples", type=int, default=None)
     ap.add_argument("--no-symmetrize", action="store_true", help="sample with the plain (not Z2) flow")
     ap.add_argument("--samplers", nargs="+", default=["latent_hmc", "physical_hmc", "flow_metropolis"])
+    ap.add_argument("--tag", default="", help="suffix of the result file name, e.g. _silu_pc")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = dict(n_chains=args.chains, n_warmup=args.warmup, n_samples=args.samples, n_leapfrog=args.leapfrog,
@@ -49,7 +50,7 @@ def main() -> None:
         per["flow_metropolis"] = {"n_samples": args.metropolis_samples}
     summary = run_sampling(run=args.run, samplers=args.samplers, settings=settings, per_sampler=per,
                            symmetrize=not args.no_symmetrize,
-                           out_dir=str(RESULTS / "sampling_runs" / Path(args.run).name), importance_samples=16384)
+                           out_dir=str(RESULTS / "sampling_runs" / (Path(args.run).name + args.tag)), importance_samples=16384)
     print(format_table(summary))
     s = summary["samplers"]
     ratios = {}
@@ -66,7 +67,7 @@ def main() -> None:
     out = {"machine": f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}",
            "settings": settings, "ratios": ratios, "summary": summary}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"sampling_compare_L{L}.json"
+    path = RESULTS / f"sampling_compare_L{L}{args.tag}.json"
     path.write_text(json.dumps(out, indent=2, default=float))
     print(f"wrote {path}")
 

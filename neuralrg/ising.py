@@ -62,24 +62,32 @@ class IsingTarget(nf.distributions.Target):
         self.n_sites = self.L * self.L
         self.c = hs_diagonal_shift(self.L, self.K, self.shift)
         eigs = coupling_spectrum(self.L, self.K) + self.c  # eigenvalues of A, float64
-        # Kept in float64 on the CPU and cast per (device, dtype) on use, so converting the
-        # module between dtypes never rounds the spectrum.
-        self._inv_eigs64 = (1.0 / eigs[:, : self.L // 2 + 1]).contiguous()
-        self._inv_eigs_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        # Eigenvalues of A in rfft2 layout (L, L//2 + 1), kept in float64 on the CPU and cast
+        # per (device, dtype) on use, so converting the module between dtypes never rounds them.
+        self.spectrum_rfft = eigs[:, : self.L // 2 + 1].contiguous()
+        self._eigs_cache: dict[tuple[torch.device, torch.dtype, float], torch.Tensor] = {}
         self.logdet_A = float(torch.log(eigs).sum())
         self._log_z: float | None = None
 
     def extra_repr(self) -> str:
         return f"L={self.L}, K={self.K}, shift={self.shift}"
 
+    def apply_coupling_power(self, x: torch.Tensor, power: float) -> torch.Tensor:
+        """A^power x for x shaped (..., L, L) (e.g. power −1, ±½), in x's dtype and device.
+
+        A is circulant on the torus, so this is a real 2D FFT, a product with the
+        eigenvalues to that power, and the inverse FFT: O(N log N).
+        """
+        key = (x.device, x.dtype, float(power))
+        mult = self._eigs_cache.get(key)
+        if mult is None:
+            rdtype = x.dtype if x.dtype.is_floating_point else torch.float64
+            mult = self._eigs_cache[key] = self.spectrum_rfft.pow(float(power)).to(device=x.device, dtype=rdtype)
+        return torch.fft.irfft2(torch.fft.rfft2(x) * mult, s=(self.L, self.L))
+
     def apply_inverse_coupling(self, x: torch.Tensor) -> torch.Tensor:
         """A⁻¹x for x shaped (..., L, L), in x's dtype and on x's device."""
-        key = (x.device, x.dtype)
-        inv = self._inv_eigs_cache.get(key)
-        if inv is None:
-            rdtype = x.dtype if x.dtype.is_floating_point else torch.float64
-            inv = self._inv_eigs_cache[key] = self._inv_eigs64.to(device=x.device, dtype=rdtype)
-        return torch.fft.irfft2(torch.fft.rfft2(x) * inv, s=(self.L, self.L))
+        return self.apply_coupling_power(x, -1.0)
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """E(x) = ½ xᵀA⁻¹x − Σ ln cosh x_i, total over the lattice, shape (B,)."""

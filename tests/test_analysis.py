@@ -367,3 +367,31 @@ def test_analyze_py_subprocess_and_sweep(trained_run, tmp_path):
     (row,) = summary["runs"]
     assert row["K"] == pytest.approx(0.3) and len(row["mi_per_level"]["ksg"]) == 3
     assert (tmp_path / "sweep" / "sweep_analysis.png").stat().st_size > 1000
+
+
+def test_preconditioned_flow_responses_are_those_of_the_hierarchy():
+    """With the fixed x = A^{1/2} y at the end, responses are ∂y/∂z (causal cone intact), and
+    A^{1/2} applied to them gives the full ∂x/∂z."""
+    from neuralrg.analysis.response import hierarchy_forward
+
+    L = 8
+    t = IsingTarget(L, K_C)
+    f = build_mera(t, precondition=True, activation="silu").to(F64)
+    plain = build_mera(t, activation="silu").to(F64)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p, q in zip(f.parameters(), plain.parameters()):
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=F64))
+            q.copy_(p)
+    z = torch.randn(L, L, dtype=F64, generator=g)
+    site = (0, 1)
+    col = jacobian_columns(f, z, [site])[0]
+    assert torch.allclose(col, jacobian_columns(plain, z, [site])[0], atol=1e-12)
+    cone = causal_cone(f, site)
+    assert cone is not None and bool((col[~cone] == 0).all())
+    tangent = torch.zeros(1, L, L, dtype=F64)
+    tangent[0, site[0], site[1]] = 1.0
+    full = torch.func.jvp(f.forward, (z[None],), (tangent,))[1][0]
+    assert not bool((full[~cone] == 0).all())  # A^{1/2} spreads x's response over the torus
+    assert torch.allclose(f.flows[-1](col[None])[0][0], full, atol=1e-12)
+    assert torch.allclose(hierarchy_forward(f, z[None]), plain.forward(z[None]), atol=1e-12)

@@ -123,12 +123,13 @@ def test_short_training_approaches_exact_free_energy(trained):
     s, before = trained["summary"], trained["before"]
     exact = -exact_solution(4, KC, 0.1)["continuous_log_z"] / 16
     assert s["status"] == "completed" and s["steps"] == TRAIN_STEPS
-    # The flow starts at the identity, q = N(0, I): its gap is ~1.13 nats/site. 300 steps
-    # (batch 256, lr 3e-3 cosine) of this 2-coupling, width-8 model reach 0.107-0.118 over
-    # seeds 0-5 (200 steps: 0.12-0.22). 0.25 leaves a factor ~2 of margin and still demands a
-    # 4.5x reduction of the gap.
-    assert before["gap_per_site"] > 0.8
-    assert s["gap_per_site"] < 0.25
+    # The couplings start at the identity and the default model ends with the Gaussian
+    # preconditioner, so q starts as N(0, A): gap 0.597 nats/site. 300 steps (batch 256, lr 3e-3
+    # cosine) of this 2-coupling, width-8 silu model reach 0.0625-0.0642 over seeds 0, 3, 5
+    # (the leaky-relu model without preconditioner: 0.107-0.118 from 1.13). 0.15 leaves a
+    # factor ~2 of margin and still demands a 4x reduction of the gap.
+    assert before["gap_per_site"] > 0.5
+    assert s["gap_per_site"] < 0.15
     assert s["gap_per_site"] < before["gap_per_site"] / 4
     # the variational bound F_q >= -ln Z_x, within 4 standard errors of the sample mean
     assert s["free_energy_per_site"] >= exact - 4 * s["free_energy_per_site_err"]
@@ -320,7 +321,9 @@ def test_default_callbacks_progress_bar_and_figures(tmp_path):
     figs = sorted(p.name for p in (tmp_path / "run" / "figures").glob("*.png"))
     assert figs == ["latents_step000002.png", "latents_step000004.png",
                     "samples_step000002.png", "samples_step000004.png"]
-    assert (tmp_path / "run" / "checkpoints" / "best-step000004.ckpt").is_file()
+    # one best checkpoint (by free energy) from one of the two evaluations
+    best = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))
+    assert len(best) == 1 and best[0] in ("best-step000002.ckpt", "best-step000004.ckpt")
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -574,8 +577,8 @@ def test_warm_start_from_smaller_lattice(tmp_path):
     run_training(make_cfg("steps=20", "eval_every=10", run_dir=small_dir))
     module = build_module(make_cfg("target.L=8", f"init_from={small_dir}", run_dir=tmp_path / "big"))
     small = neuralrg.load_flow(small_dir)
-    s0 = [m for m in small.flows if m.kind == "decimator0"][0].block.state_dict()
-    b0 = [m for m in module.flow.flows if m.kind == "decimator0"][0].block.state_dict()
+    s0 = [m for m in small.flows if getattr(m, "kind", "") == "decimator0"][0].block.state_dict()
+    b0 = [m for m in module.flow.flows if getattr(m, "kind", "") == "decimator0"][0].block.state_dict()
     assert all(torch.equal(s0[k], b0[k].to(s0[k].dtype)) for k in s0)
     with pytest.raises(ValueError, match="init_from"):
         build_module(make_cfg("target.L=8", f"init_from={small_dir}",

@@ -14,6 +14,10 @@ minimum-image Euclidean distances to c (lattice units). ``radius_rms`` = (Σ w d
 radius with the latent's own site removed from the weights (for near-identity flows the
 diagonal ∂x_j/∂z_j dominates w and hides how far the induced changes reach). For a MERA the
 radii grow like 2^k until the cone wraps around the torus ("saturated").
+
+For a flow that ends with the fixed ``GaussianPreconditioner`` (x = A^{1/2} y), responses and
+cones are those of the learned hierarchy's output y: the fixed, non-local A^{1/2} is left out,
+so "x" above means y there.
 """
 from __future__ import annotations
 
@@ -41,6 +45,21 @@ def _support_step(mask: torch.Tensor, spacing: int, offset: int) -> torch.Tensor
     return out
 
 
+def hierarchy_layers(flow: Any) -> list:
+    """The flow's layers in generative order without a trailing fixed Gaussian preconditioner."""
+    from ..flows.precondition import GaussianPreconditioner
+
+    layers = list(flow.flows)
+    return layers[:-1] if layers and isinstance(layers[-1], GaussianPreconditioner) else layers
+
+
+def hierarchy_forward(flow: Any, z: torch.Tensor) -> torch.Tensor:
+    """z → output of ``hierarchy_layers`` (x, or y = A^{−1/2}x for a preconditioned flow)."""
+    for layer in hierarchy_layers(flow):
+        z, _ = layer(z)
+    return z
+
+
 def causal_cone(flow: Any, site: Sequence[int]) -> torch.Tensor | None:
     """Bool (L, L): the sites x may depend on z[site]; None unless every layer is a plaquette layer."""
     L = flow.L
@@ -49,7 +68,7 @@ def causal_cone(flow: Any, site: Sequence[int]) -> torch.Tensor | None:
         raise ValueError(f"site must be a pair of coordinates in [0, {L}), got {tuple(site)}")
     mask = torch.zeros(L, L, dtype=torch.bool)
     mask[i, j] = True
-    for layer in flow.flows:  # generative order
+    for layer in hierarchy_layers(flow):  # generative order
         if not (hasattr(layer, "spacing") and hasattr(layer, "offset")):
             return None
         mask = _support_step(mask, layer.spacing, layer.offset)
@@ -58,7 +77,8 @@ def causal_cone(flow: Any, site: Sequence[int]) -> torch.Tensor | None:
 
 def jacobian_columns(flow: Any, z: torch.Tensor, sites: Sequence[Sequence[int]],
                      batch_size: int = 256) -> torch.Tensor:
-    """∂x/∂z_j at x = g(z) for each site j in ``sites``: shape (len(sites), L, L).
+    """∂x/∂z_j at x = g(z) for each site j in ``sites``: shape (len(sites), L, L) (∂y/∂z_j for a
+    preconditioned flow, see the module docstring).
 
     z: one latent configuration, (L, L) or (1, L, L). Computed with forward-mode AD; the
     result is detached, in the flow's dtype and on its device. Z2 sign flips are not applied.
@@ -77,7 +97,7 @@ def jacobian_columns(flow: Any, z: torch.Tensor, sites: Sequence[Sequence[int]],
         for b, (i, j) in enumerate(chunk):
             tangent[b, int(i), int(j)] = 1.0
         primal = z0.expand(len(chunk), L, L).contiguous()
-        _, dx = torch.func.jvp(flow.forward, (primal,), (tangent,))
+        _, dx = torch.func.jvp(lambda v: hierarchy_forward(flow, v), (primal,), (tangent,))
         cols.append(dx.detach())
     return torch.cat(cols)
 

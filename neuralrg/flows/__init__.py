@@ -4,7 +4,8 @@ from .coupling import PlaquetteBijector, PlaquetteCoupling
 from .flat import CheckerboardCoupling
 from .hierarchy import PlaquetteLayer, latent_levels, transfer_mera_weights
 from .model import NeuralRGFlow, StandardNormal
+from .precondition import GaussianPreconditioner
 
 __all__ = ["build_flow", "build_mera", "build_flat", "NeuralRGFlow", "StandardNormal",
            "PlaquetteBijector", "PlaquetteCoupling", "PlaquetteLayer", "CheckerboardCoupling",
-           "latent_levels", "transfer_mera_weights"]
+           "latent_levels", "transfer_mera_weights", "GaussianPreconditioner"]

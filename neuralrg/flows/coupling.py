@@ -29,6 +29,39 @@ PARTITIONS: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = (
 )
 
 
+ACTIVATIONS = {
+    "leaky_relu": lambda h: F.leaky_relu(h, 0.01),
+    "silu": F.silu,
+    "softplus": F.softplus,
+    "tanh": torch.tanh,
+}
+"""Hidden-layer nonlinearities of the coupling networks. Smooth ones (silu, softplus, tanh)
+give a smooth flow, which HMC in latent space needs: with leaky_relu the latent potential has
+kinks, the leapfrog energy error stops scaling as ε², and the adapted step size collapses."""
+
+
+def check_activation(name: object) -> str:
+    """``name`` if it is a key of ``ACTIVATIONS``, else a ValueError listing them."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return name
+
+
+class Activation(nn.Module):
+    """A parameter-free module applying ``ACTIVATIONS[name]``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = check_activation(name)
+        self.fn = ACTIVATIONS[self.name]
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fn(h)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
 class PlaquetteCoupling(nf.flows.Flow):
     """One affine coupling x_u ← x_u·exp(s(x_c)) + t(x_c) on (P, 4) plaquette tensors.
 
@@ -41,7 +74,7 @@ class PlaquetteCoupling(nf.flows.Flow):
     """
 
     def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
-                 negative_slope: float = 0.01) -> None:
+                 activation: str = "leaky_relu") -> None:
         super().__init__()
         upd, cond = PARTITIONS[partition % len(PARTITIONS)]
         widths = [int(h) for h in hidden]
@@ -57,12 +90,12 @@ class PlaquetteCoupling(nf.flows.Flow):
         nn.init.zeros_(self.last.weight)
         nn.init.zeros_(self.last.bias)
         self.scale_amp = nn.Parameter(torch.full((4,), float(scale_bound)))
-        self.negative_slope = negative_slope
+        self.act = ACTIVATIONS[check_activation(activation)]
 
     def _scale_shift(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.leaky_relu(F.linear(y, self.first.weight * self.in_mask, self.first.bias), self.negative_slope)
+        h = self.act(F.linear(y, self.first.weight * self.in_mask, self.first.bias))
         for lin in self.hidden:
-            h = F.leaky_relu(lin(h), self.negative_slope)
+            h = self.act(lin(h))
         out = F.linear(h, self.last.weight * self.out_mask[:, None], self.last.bias * self.out_mask)
         s_raw, t = out.chunk(2, dim=1)
         # a·tanh(raw/2) written as a·(2σ(raw) − 1): same function, a faster kernel on CPU
@@ -80,13 +113,15 @@ class PlaquetteCoupling(nf.flows.Flow):
 class PlaquetteBijector(nf.flows.Flow):
     """A bijection of R⁴ (one 2×2 plaquette): ``n_couplings`` complementary RealNVP couplings.
 
-    ``hidden``: widths of the MLP hidden layers. Rows are plaquettes, shape (P, 4).
+    ``hidden``: widths of the MLP hidden layers; ``activation``: a key of ``ACTIVATIONS``.
+    Rows are plaquettes, shape (P, 4).
     """
 
-    def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0) -> None:
+    def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0,
+                 activation: str = "leaky_relu") -> None:
         super().__init__()
         self.couplings = nn.ModuleList(
-            PlaquetteCoupling(i, hidden, scale_bound) for i in range(n_couplings)
+            PlaquetteCoupling(i, hidden, scale_bound, activation) for i in range(n_couplings)
         )
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

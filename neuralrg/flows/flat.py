@@ -11,6 +11,8 @@ import normflows as nf
 import torch
 from torch import nn
 
+from .coupling import Activation
+
 
 class CheckerboardCoupling(nf.flows.Flow):
     """Affine coupling on (B, L, L); ``parity`` p updates sites with (i + j) % 2 == p.
@@ -19,7 +21,7 @@ class CheckerboardCoupling(nf.flows.Flow):
     """
 
     def __init__(self, L: int, parity: int, hidden: int, n_hidden_layers: int = 2,
-                 kernel_size: int = 3, scale_bound: float = 2.0) -> None:
+                 kernel_size: int = 3, scale_bound: float = 2.0, activation: str = "leaky_relu") -> None:
         super().__init__()
         ij = torch.arange(L)
         mask = ((ij[:, None] + ij[None, :]) % 2 == parity)
@@ -29,7 +31,7 @@ class CheckerboardCoupling(nf.flows.Flow):
         ch = 1
         for _ in range(n_hidden_layers):
             layers += [nn.Conv2d(ch, hidden, kernel_size, padding=pad, padding_mode="circular"),
-                       nn.LeakyReLU(0.01)]
+                       Activation(activation)]
             ch = hidden
         last = nn.Conv2d(ch, 2, kernel_size, padding=pad, padding_mode="circular")
         nn.init.zeros_(last.weight)
@@ -53,7 +55,8 @@ class CheckerboardCoupling(nf.flows.Flow):
 
 
 def flat_layers(L: int, n_couplings: int, hidden: int, n_hidden_layers: int = 2,
-                kernel_size: int = 3, scale_bound: float = 2.0) -> list[CheckerboardCoupling]:
+                kernel_size: int = 3, scale_bound: float = 2.0,
+                activation: str = "leaky_relu") -> list[CheckerboardCoupling]:
     """``n_couplings`` checkerboard couplings of alternating parity, generative order."""
-    return [CheckerboardCoupling(L, i % 2, hidden, n_hidden_layers, kernel_size, scale_bound)
+    return [CheckerboardCoupling(L, i % 2, hidden, n_hidden_layers, kernel_size, scale_bound, activation)
             for i in range(n_couplings)]

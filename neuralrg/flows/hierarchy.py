@@ -84,7 +84,7 @@ class PlaquetteLayer(nf.flows.Flow):
 
 def mera_layers(L: int, depth: int, n_couplings: int, hidden: list[int], *,
                 disentangler_repeats: int = 1, share_levels: bool = False,
-                scale_bound: float = 2.0) -> list[PlaquetteLayer]:
+                scale_bound: float = 2.0, activation: str = "leaky_relu") -> list[PlaquetteLayer]:
     """The hierarchy's layers in generative order (top level first), as normflows expects.
 
     With ``share_levels`` one set of blocks (per layer role) serves every level, so the
@@ -92,7 +92,7 @@ def mera_layers(L: int, depth: int, n_couplings: int, hidden: list[int], *,
     Either way it is independent of L.
     """
     def new_block() -> PlaquetteBijector:
-        return PlaquetteBijector(n_couplings, hidden, scale_bound)
+        return PlaquetteBijector(n_couplings, hidden, scale_bound, activation)
 
     shared_dis = [new_block() for _ in range(disentangler_repeats)] if share_levels else None
     shared_dec = new_block() if share_levels else None
@@ -127,11 +127,14 @@ def transfer_mera_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
     def blocks(flow):
         out = {}
         for layer in flow.flows:
+            if not hasattr(layer, "kind"):  # parameter-free layers (the Gaussian preconditioner)
+                continue
             m = re.fullmatch(r"(disentangler|decimator)(\d+)(?:\.(\d+))?", layer.kind)
             out[(m.group(1), int(m.group(2)), int(m.group(3) or 0))] = layer.block
         return out
 
-    for key in ("kind", "n_couplings", "hidden", "disentangler_repeats", "share_levels"):
+    for key in ("kind", "n_couplings", "hidden", "disentangler_repeats", "share_levels", "precondition",
+                "activation"):
         if src.config.get(key) != dst.config.get(key):
             raise ValueError(f"cannot warm-start: {key} differs ({src.config.get(key)!r} vs {dst.config.get(key)!r})")
     sb, db = blocks(src), blocks(dst)
