@@ -61,8 +61,13 @@ def main() -> None:
             "ess_per_s_latent_over_physical": lat["ess_per_second"] / phy["ess_per_second"],
             "windows_converged": {k: {o: v["tau_int"][o]["converged"] for o in ("m2", "energy")} for k, v in s.items()},
         }
+        ratios["cost_latent_over_physical"] = lat["seconds_per_trajectory"] / phy["seconds_per_trajectory"]
+        ratios["tau_m2_latent_needed_for_parity"] = (phy["tau_int"]["m2"]["trajectories"]
+                                                     / ratios["cost_latent_over_physical"])
         print(f"τ_int(m²) physical/latent = {ratios['tau_m2_physical_over_latent']:.1f}   "
-              f"ESS/s latent/physical = {ratios['ess_per_s_latent_over_physical']:.2f}")
+              f"ESS/s latent/physical = {ratios['ess_per_s_latent_over_physical']:.2f}   "
+              f"a latent trajectory costs {ratios['cost_latent_over_physical']:.0f} physical ones, so ESS/s "
+              f"parity needs latent τ_int(m²) ≤ {ratios['tau_m2_latent_needed_for_parity']:.2f}")
     L = summary["target"]["L"]
     out = {"machine": f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}",
            "settings": settings, "ratios": ratios, "summary": summary}

@@ -2,6 +2,7 @@
 
     python benchmarks/step_time.py                 # full table (L = 8, 16, 32; batch 256, 1024; 1 and 2 threads)
     python benchmarks/step_time.py --quick         # L = 16, batch 256 only
+    python benchmarks/step_time.py --quick --out benchmarks/results/step_time_quick.json
 
 Prints a table (ms/step, samples/s, parameters) and writes benchmarks/results/step_time.json.
 Reference (issue 3): a straightforward implementation (10 couplings/block, MLP width 10,
@@ -23,7 +24,8 @@ from neuralrg import K_C, IsingTarget, build_flat, build_mera
 
 REFERENCE_MS = 510.0  # L = 16, batch 256, 2 threads (issue 3)
 MODELS = {
-    "mera (default)": lambda t: build_mera(t),
+    "mera (default)": lambda t: build_mera(t, activation="silu", precondition=True),  # conf/model/mera.yaml
+    "mera leaky": lambda t: build_mera(t),  # leaky_relu, no preconditioner (the builder's defaults)
     "flat baseline": lambda t: build_flat(t),
 }
 
