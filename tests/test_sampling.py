@@ -430,3 +430,16 @@ def test_sample_py_bad_input(run_dir, tmp_path, case):
               "mismatched_L": "not L = 8", "zero_chains": "n_chains", "zero_step": "step_size"}[case]
     assert expect in err[0]
     assert files_under(tmp_path) == before_tmp and files_under(run_dir) == before_run
+
+
+@pytest.mark.parametrize("ess, flagged", [(0.01, True), (0.5, False)])
+def test_table_flags_flow_metropolis_with_heavy_tailed_weights(ess, flagged):
+    def row(settings):
+        tau = {"trajectories": 3.0, "converged": True}
+        return {"settings": settings, "acceptance": 0.5, "seconds_per_trajectory": 0.01, "ess_per_second": 1.0,
+                "tau_int": {"m2": tau, "energy": tau}, "observables": {"energy_per_site": {"mean": -1.5, "err": 0.01}},
+                "exact": {"energy_per_site": -1.49}, "deviation_sigma": {"energy_per_site": -1.0}}
+    summary = {"samplers": {"latent_hmc": row({}), "flow_metropolis": row({"ess_fraction": ess})}}
+    table = pipeline.format_table(summary)
+    assert ("†" in table) == flagged
+    assert ("heavy tailed" in table) == flagged

@@ -34,6 +34,7 @@ from .runner import (SAMPLERS, ChainRun, level_blocks, run_flow_metropolis, run_
                      summarize_run)
 
 COMPARE = ("latent_hmc", "physical_hmc", "flow_metropolis")
+HEAVY_TAIL_ESS = 0.1  # flow-Metropolis runs below this importance-sampling ESS/M get a warning
 SETTINGS = ("n_chains", "n_warmup", "n_samples", "n_leapfrog", "step_size", "target_accept", "block_levels")
 
 
@@ -205,7 +206,11 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = [f"{'sampler':<20} {'accept':>6} {'s/traj':>8} {'tau(m2)':>9} {'tau(E)':>8} {'ESS/s':>9} "
             f"{'e ± err':>22} {'dev':>6}"]
     exact_e = None
+    heavy_tails = None
     for name, r in summary["samplers"].items():
+        ess = r["settings"].get("ess_fraction")
+        if name == "flow_metropolis" and ess is not None and ess < HEAVY_TAIL_ESS:
+            heavy_tails = ess
         e = r["observables"]["energy_per_site"]
         exact_e = r["exact"]["energy_per_site"]
         tm, te = r["tau_int"]["m2"], r["tau_int"]["energy"]
@@ -213,8 +218,13 @@ def format_table(summary: dict[str, Any]) -> str:
         rows.append(f"{name:<20} {r['acceptance']:6.3f} {r['seconds_per_trajectory']:8.4f} "
                     f"{flag(tm) + format(tm['trajectories'], '.1f'):>9} {flag(te) + format(te['trajectories'], '.1f'):>8} "
                     f"{r['ess_per_second']:9.2f} {e['mean']:>11.5f} ± {e['err']:.5f} "
-                    f"{r['deviation_sigma'].get('energy_per_site', float('nan')):6.2f}{'' if te['converged'] else '*'}")
+                    f"{r['deviation_sigma'].get('energy_per_site', float('nan')):6.2f}{'' if te['converged'] else '*'}"
+                    f"{'†' if name == 'flow_metropolis' and heavy_tails is not None else ''}")
     if exact_e is not None:
         rows.append(f"exact energy per site: {exact_e:.6f}   ('>': τ_int window not converged, lower bound;\n"
                     "'*': so the error bar is too small and the deviation in σ overstated — run longer chains)")
+    if heavy_tails is not None:
+        rows.append(f"† flow Metropolis: importance weights are heavy tailed (ESS/M = {heavy_tails:.3g} < "
+                    f"{HEAVY_TAIL_ESS}); chains hold rare high-weight states for long stretches, so a run this "
+                    "short has not equilibrated and its τ_int and error bar are not reliable even where the window converged")
     return "\n".join(rows)
