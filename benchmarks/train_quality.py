@@ -88,18 +88,27 @@ def compose_cfg(L: int, overrides: list[str], run_dir: Path):
                                            "callbacks=minimal", f"paths.run_dir={run_dir}", *overrides])
 
 
-def probe_step_seconds(cfg, n: int = 6) -> float:
+def probe_step_seconds(cfg, n_warmup: int = 5, n: int = 5) -> float:
+    """Median seconds per optimizer step, on the device training will use, after ``n_warmup``
+    untimed steps (on a GPU the first steps build FFT plans and fill the allocator's cache)."""
     module = build_module(cfg)
+    accel = str(cfg.trainer.get("accelerator", "auto"))
+    device = torch.device("cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu")
+    module.to(device)
     opt = instantiate(cfg.optimizer)(module.flow.parameters())
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ts = []
-    for _ in range(n):
+    for i in range(n_warmup + n):
+        sync()
         t = time.perf_counter()
         f, _ = module.free_energy_samples(cfg.batch_size)
         opt.zero_grad()
         f.mean().backward()
         opt.step()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts[2:])
+        sync()
+        if i >= n_warmup:
+            ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
 
 
 def run_quality(L: int, minutes: list[float], overrides: list[str], eval_samples: int, threads: int,
