@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..flows.precondition import GaussianPreconditioner
+
 
 def _support_step(mask: torch.Tensor, spacing: int, offset: int) -> torch.Tensor:
     """One plaquette layer on a support mask (L, L): plaquettes touching it join it."""
@@ -47,8 +49,6 @@ def _support_step(mask: torch.Tensor, spacing: int, offset: int) -> torch.Tensor
 
 def hierarchy_layers(flow: Any) -> list:
     """The flow's layers in generative order without a trailing fixed Gaussian preconditioner."""
-    from ..flows.precondition import GaussianPreconditioner
-
     layers = list(flow.flows)
     return layers[:-1] if layers and isinstance(layers[-1], GaussianPreconditioner) else layers
 

@@ -9,9 +9,8 @@ N(A^{1/2} s, I). ``GaussianPreconditioner`` is the last layer of a flow (z → �
 
 The learned layers then model y, whose potential E(A^{1/2} y) has Hessian
 I − A^{1/2} diag(sech² x) A^{1/2}: bounded and free of the stiff 1/shift direction of A⁻¹.
-A is circulant, so both directions are one real FFT pair; the spectrum is a buffer (not saved
-in checkpoints: it is rebuilt from the target), kept in float64 and cast to the input's dtype and
-device on use.
+A is circulant, so both directions are one real FFT pair (``IsingTarget.apply_coupling_power``);
+nothing is saved in checkpoints: the spectrum is rebuilt from the target.
 """
 from __future__ import annotations
 
@@ -26,27 +25,20 @@ class GaussianPreconditioner(nf.flows.Flow):
 
     def __init__(self, target: IsingTarget) -> None:
         super().__init__()
+        # A bound method, not a submodule: the target's buffers stay out of this layer's state_dict.
+        self._coupling_power = target.apply_coupling_power
         self.L = target.L
         self.half_logdet = 0.5 * target.logdet_A
-        self._sqrt64 = target.spectrum_rfft.sqrt()
-        self._cache: dict[tuple[torch.device, torch.dtype, float], torch.Tensor] = {}
-
-    def _mul(self, v: torch.Tensor, power: float) -> torch.Tensor:
-        key = (v.device, v.dtype, power)
-        m = self._cache.get(key)
-        if m is None:
-            m = self._cache[key] = self._sqrt64.pow(power).to(device=v.device, dtype=v.dtype)
-        return torch.fft.irfft2(torch.fft.rfft2(v) * m, s=(self.L, self.L))
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """y → x = A^{1/2} y and log|det| = ½ ln det A, shape (B,)."""
         check_field_shape(y, self.L, "y")
-        return self._mul(y, 1.0), y.new_full((y.shape[0],), self.half_logdet)
+        return self._coupling_power(y, 0.5), y.new_full((y.shape[0],), self.half_logdet)
 
     def inverse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x → y = A^{−1/2} x and log|det| = −½ ln det A, shape (B,)."""
         check_field_shape(x, self.L, "x")
-        return self._mul(x, -1.0), x.new_full((x.shape[0],), -self.half_logdet)
+        return self._coupling_power(x, -0.5), x.new_full((x.shape[0],), -self.half_logdet)
 
     def extra_repr(self) -> str:
         return f"L={self.L}"
