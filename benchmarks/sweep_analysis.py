@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from neuralrg.lattice import K_C  # noqa: E402
+from neuralrg.physics.lattice import K_C  # noqa: E402
 
 
 def is_run(p: Path) -> bool:

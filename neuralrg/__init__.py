@@ -3,7 +3,7 @@
 Public API (loaded lazily; no Lightning or hydra import happens here):
 
 * ``K_C``, ``IsingTarget(L, K, shift)``, ``ising_energy(s)`` — the physics core;
-* ``exact_solution(L, K, shift)`` — Kaufman's finite-lattice solution (``python -m neuralrg.exact``);
+* ``exact_solution(L, K, shift)`` — Kaufman's finite-lattice solution (``python -m neuralrg.physics.exact``);
 * ``build_flow(target, kind="mera"|"flat", **kw)``, ``build_mera``, ``build_flat`` — flow models;
 * ``load_flow(path)`` — a trained flow from a checkpoint or run directory.
 """
@@ -12,11 +12,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .lattice import K_C
+from .physics.lattice import K_C
 
 _LAZY = {
-    "IsingTarget": "ising", "ising_energy": "ising",
-    "exact_solution": "exact",
+    "IsingTarget": "physics.ising", "ising_energy": "physics.ising",
+    "exact_solution": "physics.exact",
     "build_flow": "flows", "build_mera": "flows", "build_flat": "flows",
     "NeuralRGFlow": "flows", "latent_levels": "flows",
     "load_flow": "checkpoint", "CheckpointError": "checkpoint",

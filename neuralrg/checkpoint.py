@@ -15,7 +15,7 @@ import torch
 
 from .flows import build_flow
 from .flows.model import NeuralRGFlow
-from .ising import IsingTarget
+from .physics.ising import IsingTarget
 
 META_KEY = "neuralrg"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}

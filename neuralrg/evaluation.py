@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .sampling.metropolis import metropolis_acceptance
-from .statistics import ess_fraction, importance_log_z
+from .physics.statistics import ess_fraction, importance_log_z
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@ import torch
 from neuralrg.checkpoint import META_KEY, STATE_PREFIX, flow_metadata
 from neuralrg.flows import build_flow
 from neuralrg.flows.model import NeuralRGFlow
-from neuralrg.ising import IsingTarget
-from neuralrg.lattice import K_C
+from neuralrg.physics.ising import IsingTarget
+from neuralrg.physics.lattice import K_C
 
 TINY_MODEL = dict(kind="mera", n_couplings=4, hidden=16, n_hidden_layers=1)
 

@@ -1,4 +1,4 @@
-"""Tests for neuralrg.exact against references written here: brute-force enumeration (L ≤ 4),
+"""Tests for neuralrg.physics.exact against references written here: brute-force enumeration (L ≤ 4),
 a float64 row transfer matrix with exact K-derivatives (L = 5…8), Gauss–Hermite quadrature of
 the continuous relaxation (L = 2), physics.md's table and Onsager's infinite-lattice limit."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuralrg.exact import continuous_log_z, exact_solution, ising_log_z, main
-from neuralrg.lattice import K_C
+from neuralrg.physics.exact import continuous_log_z, exact_solution, ising_log_z, main
+from neuralrg.physics.lattice import K_C
 
 torch.set_num_threads(1)
 
@@ -287,7 +287,7 @@ def test_large_lattices_approach_onsager():
 # --- command line --------------------------------------------------------------------------------
 
 def test_cli_prints_json():
-    proc = subprocess.run([sys.executable, "-m", "neuralrg.exact", "8", "Kc", "--shift", "0.1"],
+    proc = subprocess.run([sys.executable, "-m", "neuralrg.physics.exact", "8", "Kc", "--shift", "0.1"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

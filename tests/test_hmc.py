@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from neuralrg.ising import IsingTarget
-from neuralrg.lattice import K_C
+from neuralrg.physics.ising import IsingTarget
+from neuralrg.physics.lattice import K_C
 from neuralrg.sampling.hmc import DualAveraging, hmc_step, leapfrog, make_potential_and_grad, run_hmc
 
 torch.set_num_threads(1)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuralrg.ising import ising_energy
-from neuralrg.lattice import hs_diagonal_shift
-from neuralrg.observables import conditional_moments, sample_spins, spin_moments, summarize_observables
+from neuralrg.physics.ising import ising_energy
+from neuralrg.physics.lattice import hs_diagonal_shift
+from neuralrg.physics.observables import conditional_moments, sample_spins, spin_moments, summarize_observables
 
 torch.set_num_threads(1)
 KEYS = ("energy", "energy2", "m", "m2", "m4")

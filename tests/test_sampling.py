@@ -21,11 +21,11 @@ import torch
 
 from helpers import save_checkpoint, tiny_trained_flow
 from neuralrg.checkpoint import CheckpointError
-from neuralrg.exact import exact_solution
+from neuralrg.physics.exact import exact_solution
 from neuralrg.sampling import (independence_metropolis, latent_potential, physical_potential_and_grad,
                                run_flow_metropolis, run_latent_hmc, run_physical_hmc, summarize_run)
 from neuralrg.sampling import pipeline
-from neuralrg.statistics import autocorrelation
+from neuralrg.physics.statistics import autocorrelation
 
 torch.set_num_threads(1)
 F64 = torch.float64

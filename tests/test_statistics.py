@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.signal import lfilter
 
-from neuralrg.statistics import ess_fraction, importance_log_z, integrated_autocorr_time, mean_with_error
+from neuralrg.physics.statistics import ess_fraction, importance_log_z, integrated_autocorr_time, mean_with_error
 
 torch.set_num_threads(1)
 

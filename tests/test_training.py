@@ -2,7 +2,7 @@
 
 Everything runs on the CPU with tiny models (L = 4, 2 couplings of width 8) and writes only
 under pytest's tmp_path. References are independent of the code under test: the exact ln Z_x
-(Kaufman, neuralrg.exact), the checkpoint files read back with torch.load, the YAML files of
+(Kaufman, neuralrg.physics.exact), the checkpoint files read back with torch.load, the YAML files of
 conf/ read with OmegaConf.load.
 """
 from __future__ import annotations
@@ -29,9 +29,9 @@ import neuralrg  # noqa: E402
 from neuralrg.checkpoint import CheckpointError  # noqa: E402
 from neuralrg.cli import exit_on_user_error  # noqa: E402
 from neuralrg.evaluation import evaluate_flow  # noqa: E402
-from neuralrg.exact import exact_solution  # noqa: E402
+from neuralrg.physics.exact import exact_solution  # noqa: E402
 from neuralrg.flows import CheckerboardCoupling, PlaquetteBijector  # noqa: E402
-from neuralrg.ising import IsingTarget  # noqa: E402
+from neuralrg.physics.ising import IsingTarget  # noqa: E402
 from neuralrg.training.module import NonFiniteLossError  # noqa: E402
 from neuralrg.training.pipeline import build_module, run_training  # noqa: E402
 from neuralrg.training.rundir import RunDirectoryError  # noqa: E402
@@ -533,7 +533,7 @@ def test_train_py_reports_nan_without_traceback(tmp_path):
     """The real entry point with a NaN injected into the energy from the 16th call on."""
     run_dir = tmp_path / "run"
     code = (
-        "import sys, runpy, torch; import neuralrg.ising as m; f = m.IsingTarget.energy; n = [0]\n"
+        "import sys, runpy, torch; import neuralrg.physics.ising as m; f = m.IsingTarget.energy; n = [0]\n"
         "def e(self, x):\n"
         "    n[0] += 1; r = f(self, x)\n"
         "    return r * float('nan') if n[0] > 15 else r\n"

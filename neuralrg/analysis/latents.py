@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..observables import conditional_moments
+from ..physics.observables import conditional_moments
 from .mutual_information import mutual_information, neighbour_pairs
 
 MI_METHODS = ("ksg", "gaussian_copula", "gaussian")

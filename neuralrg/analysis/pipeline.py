@@ -57,7 +57,7 @@ import torch
 
 from ..runs import resolve_device, run_output_dir
 from ..checkpoint import load_flow, resolve_checkpoint
-from ..observables import conditional_moments
+from ..physics.observables import conditional_moments
 from ..plotting import save_figure
 from .figures import plot_landscape, plot_latent_stats, plot_mutual_information, plot_response_maps
 from .landscape import free_energy_landscape

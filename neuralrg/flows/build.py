@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..ising import IsingTarget
-from ..lattice import check_lattice_size
+from ..physics.ising import IsingTarget
+from ..physics.lattice import check_lattice_size
 from .coupling import check_activation
 from .flat import flat_layers
 from .hierarchy import latent_levels, mera_layers

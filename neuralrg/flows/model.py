@@ -17,7 +17,7 @@ import normflows as nf
 import torch
 from torch import nn
 
-from ..ising import IsingTarget, check_field_shape
+from ..physics.target import LatticeTarget, check_field_shape
 
 _LN2 = math.log(2.0)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import normflows as nf
 import torch
 
-from ..ising import IsingTarget, check_field_shape
+from ..physics.target import LatticeTarget, check_field_shape
 
 
 class GaussianPreconditioner(nf.flows.Flow):

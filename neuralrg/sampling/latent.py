@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from ..flows.model import NeuralRGFlow
-from ..ising import IsingTarget
+from ..physics.ising import IsingTarget
 
 
 def latent_potential(flow: NeuralRGFlow) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -29,7 +29,7 @@ from ..runs import resolve_device, run_output_dir
 from ..checkpoint import load_flow, resolve_checkpoint
 from ..evaluation import draw_log_weights, variational_summary
 from ..plotting import plot_configurations, plot_latent_levels, plot_traces, save_figure
-from ..statistics import autocorrelation
+from ..physics.statistics import autocorrelation
 from .runner import (SAMPLERS, ChainRun, level_blocks, run_flow_metropolis, run_latent_hmc, run_physical_hmc,
                      summarize_run)
 

@@ -15,10 +15,10 @@ from typing import Any, Sequence
 
 import torch
 
-from ..exact import exact_solution
+from ..physics.exact import exact_solution
 from ..flows.model import NeuralRGFlow
-from ..observables import conditional_moments, sample_spins, spin_moments, summarize_observables
-from ..statistics import ess_fraction, integrated_autocorr_time
+from ..physics.observables import conditional_moments, sample_spins, spin_moments, summarize_observables
+from ..physics.statistics import ess_fraction, integrated_autocorr_time
 from .hmc import run_hmc
 from .latent import latent_potential, latent_to_physical, physical_potential_and_grad, random_sign
 from .metropolis import independence_metropolis

@@ -36,7 +36,7 @@ from pytorch_lightning.loggers import WandbLogger
 from ..checkpoint import META_KEY, CheckpointError, flow_metadata, load_flow, read_checkpoint
 from ..flows import transfer_mera_weights
 from ..evaluation import evaluate_flow
-from ..exact import exact_solution
+from ..physics.exact import exact_solution
 from .data import StepIndices
 from .module import FIT_FINGERPRINTS_KEY, FIT_STEP_KEY, FlowModule, NonFiniteLossError, ignore_known_warnings
 from .rundir import RunDirectoryError, check_run_dir, launched_rank

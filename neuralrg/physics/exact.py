@@ -26,7 +26,7 @@ relative for K ≲ 1.6, deeper in the ordered phase its relative error grows lik
 (C itself ~e^{−8K}; 1e-9 at K = 3). K < 0 is accepted for even L through the sublattice gauge
 s_i → (−1)^{x+y} s_i: Z(−K) = Z(K), e(−K) = −e(K), C(−K) = C(K); odd L with K < 0 raises.
 
-CLI: ``python -m neuralrg.exact L K [--shift S]`` prints one JSON object (K may be ``Kc``).
+CLI: ``python -m neuralrg.physics.exact L K [--shift S]`` prints one JSON object (K may be ``Kc``).
 """
 from __future__ import annotations
 
@@ -293,8 +293,8 @@ def _parse_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m neuralrg.exact L K [--shift S]``: print the exact solution as one JSON line."""
-    p = _Parser(prog="python -m neuralrg.exact",
+    """``python -m neuralrg.physics.exact L K [--shift S]``: print the exact solution as one JSON line."""
+    p = _Parser(prog="python -m neuralrg.physics.exact",
                 description="Exact (Kaufman) ln Z, e, C/N and ln Z_x of the L×L torus Ising model.")
     p.add_argument("L", type=_parse_int, help="linear lattice size (>= 2)")
     p.add_argument("K", type=_parse_coupling, help="coupling K = βJ, or 'Kc' for the critical one")

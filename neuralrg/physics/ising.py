@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import math
 
-import normflows as nf
+from typing import Any
+
 import torch
 
 from .lattice import check_coupling, check_lattice_size, check_shift, coupling_spectrum, hs_diagonal_shift
+from .target import LatticeTarget, check_field_shape
 
 _LN2 = math.log(2.0)
-
-
-def check_field_shape(x: torch.Tensor, L: int, name: str = "x") -> None:
-    """Raise ``ValueError`` unless ``x`` is a floating tensor shaped (B, L, L)."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor shaped (B, {L}, {L}), got {type(x).__name__}")
-    if x.dim() != 3 or tuple(x.shape[1:]) != (L, L):
-        raise ValueError(f"{name} must be shaped (B, {L}, {L}), got {tuple(x.shape)}")
 
 
 def bond_sum(s: torch.Tensor) -> torch.Tensor:
@@ -45,7 +39,7 @@ def log_cosh(x: torch.Tensor) -> torch.Tensor:
     return a + torch.log1p(torch.exp(-2.0 * a)) - _LN2
 
 
-class IsingTarget(nf.distributions.Target):
+class IsingTarget(LatticeTarget):
     """Continuous relaxation of the L×L torus Ising model at coupling K, as a normflows Target.
 
     ``log_prob(x) = −E(x)`` with E(x) = ½ xᵀA⁻¹x − Σ ln cosh x_i, for x shaped (B, L, L);
@@ -69,8 +63,8 @@ class IsingTarget(nf.distributions.Target):
         self.logdet_A = float(torch.log(eigs).sum())
         self._log_z: float | None = None
 
-    def extra_repr(self) -> str:
-        return f"L={self.L}, K={self.K}, shift={self.shift}"
+    def spec_kwargs(self) -> dict[str, Any]:
+        return {"L": self.L, "K": self.K, "shift": self.shift}
 
     def apply_coupling_power(self, x: torch.Tensor, power: float) -> torch.Tensor:
         """A^power x for x shaped (..., L, L) (e.g. power −1, ±½), in x's dtype and device.
@@ -103,6 +97,33 @@ class IsingTarget(nf.distributions.Target):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised log density −E(x), shape (B,)."""
         return -self.energy(x)
+
+    # -- physics (the protocol of ``neuralrg.physics.target``) ---------------------------
+    def observables(self, x: torch.Tensor, generator: torch.Generator | None = None
+                    ) -> dict[str, torch.Tensor]:
+        """Improved (Rao–Blackwellised) per-site moments E[· | x] of the spins (energy = H/N,
+        energy2, m, m2, m4; ``observables.conditional_moments``) and |m| of spins drawn from
+        P(s | x) with ``generator``; each (B,)."""
+        from .observables import conditional_moments, sample_spins, spin_moments
+
+        mom = conditional_moments(x)
+        mom["abs_m"] = spin_moments(sample_spins(x, generator=generator))["abs_m"]
+        return mom
+
+    def summarize(self, series: dict[str, torch.Tensor], c: float = 6.0) -> dict[str, dict[str, Any]]:
+        """``observables.summarize_observables``: e, ⟨m²⟩, ⟨|m|⟩, χ, C, Binder with error bars."""
+        from .observables import summarize_observables
+
+        series = dict(series)
+        abs_m = series.pop("abs_m", None)
+        moments = {k: series[k] for k in ("energy", "energy2", "m2", "m4")}
+        return summarize_observables(moments, self.K, self.n_sites, abs_m=abs_m, c=c)
+
+    def exact(self) -> dict[str, float]:
+        """Kaufman's solution (``exact.exact_solution``): ln Z, f, e, C per site, ln Z_x."""
+        from .exact import exact_solution
+
+        return dict(exact_solution(self.L, self.K, self.shift))
 
     @property
     def log_z(self) -> float:
