@@ -1,34 +1,32 @@
-"""Sample a trained NeuralRG flow:  python sample.py run=<run dir> [mode=compare] [key=value ...]
+"""Sample a trained NeuralRG flow:  python sample.py run=<run dir> [sampler=NAME] [mode=compare] [key=value ...]
 
-Bad input (missing or corrupt checkpoint, mismatched L/K, bad settings) prints one
+Bad input (missing or corrupt checkpoint, mismatched target, bad settings) prints one
 ``error: ...`` line and exits with status 1, before anything is written.
 """
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from neuralrg.cli import exit_on_user_error
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    from neuralrg.sampling.pipeline import COMPARE, format_table, run_sampling
+    from neuralrg.pipelines.cli import exit_on_user_error
+    from neuralrg.pipelines.sample import format_importance, format_table, run_sampling
 
     with exit_on_user_error():
-        if cfg.mode not in ("single", "compare"):
-            raise ValueError(f"mode must be 'single' or 'compare', got {cfg.mode!r}")
-        samplers = list(COMPARE) if cfg.mode == "compare" else [cfg.sampler]
-        summary = run_sampling(run=cfg.run, samplers=samplers, out_dir=cfg.out_dir, L=cfg.L, K=cfg.K,
-                               seed=cfg.seed, device=cfg.device, importance_samples=cfg.importance_samples,
-                               settings=OmegaConf.to_container(cfg.settings, resolve=True), figures=cfg.figures,
-                               symmetrize=cfg.symmetrize,
-                               per_sampler=OmegaConf.to_container(cfg.per_sampler, resolve=True))
+        c = OmegaConf.to_container(cfg, resolve=True)
+        if c["mode"] not in ("single", "compare"):
+            raise ValueError(f"mode must be 'single' or 'compare', got {c['mode']!r}")
+        name = c["sampler"]["name"]
+        samplers = list(c["compare"]) if c["mode"] == "compare" else [name]
+        per_sampler = dict(c["per_sampler"] or {})
+        per_sampler[name] = {**(c["sampler"].get("settings") or {}), **(per_sampler.get(name) or {})}
+        summary = run_sampling(run=c["run"], samplers=samplers, out_dir=c["out_dir"], L=c["L"], K=c["K"],
+                               expect=c["expect"], seed=c["seed"], device=c["device"],
+                               importance_samples=c["importance_samples"], settings=c["settings"],
+                               figures=c["figures"], symmetrize=c["symmetrize"],
+                               per_sampler={k: v for k, v in per_sampler.items() if k in samplers})
         print(format_table(summary))
-        for key, label in (("importance_sampling", "flow"), ("importance_sampling_z2", "Z2-symmetrised flow")):
-            if key in summary:
-                s = summary[key]
-                print(f"{label} importance sampling: ln Z_x/N = {s['is_log_z_per_site']:.6f} ± "
-                      f"{s['is_log_z_per_site_err']:.6f} (exact {-s['exact_free_energy_per_site']:.6f}), "
-                      f"ESS/M = {s['ess_fraction']:.4f}")
+        print(format_importance(summary))
         print(f"outputs: {summary['out_dir']}")
 
 

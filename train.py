@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> None:
     # imported here so that config errors and a refused run directory are reported at once,
     # before Lightning's import time
-    from neuralrg.cli import exit_on_user_error
-    from neuralrg.training.pipeline import format_summary, run_training
+    from neuralrg.pipelines.cli import exit_on_user_error
+    from neuralrg.pipelines.train import format_summary, run_training
 
     with exit_on_user_error():
         summary = run_training(cfg)

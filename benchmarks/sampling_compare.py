@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from neuralrg.sampling.pipeline import format_table, run_sampling
+from neuralrg.pipelines.sample import format_table, run_sampling
 
 RESULTS = Path(__file__).parent / "results"
 

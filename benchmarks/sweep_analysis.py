@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from neuralrg.analysis import run_analysis
+    from neuralrg.pipelines.analyze import run_analysis
     from neuralrg.plotting import save_figure
 
     try:

@@ -29,9 +29,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from neuralrg.evaluation import evaluate_flow
+from neuralrg.sampling.importance import evaluate_flow
 from neuralrg.training.data import StepIndices
-from neuralrg.training.pipeline import build_module
+from neuralrg.pipelines.train import build_module
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"

@@ -1,9 +1,10 @@
 """Loading trained flows from Lightning checkpoints or run directories (no Lightning import).
 
 A training checkpoint carries, next to Lightning's own entries, ``checkpoint["neuralrg"]`` =
-{"model": flow.config, "target": {"L", "K", "shift"}, "dtype": "float32"|"float64"} — plain
-Python data, so ``torch.load(weights_only=True)`` suffices and no training config object is
-ever unpickled.
+{"model": flow.config, "target": target.spec() = {"class", "kwargs"}, "dtype":
+"float32"|"float64", "format": 2} — plain Python data, so ``torch.load(weights_only=True)``
+suffices and no training config object is ever unpickled. Format 1 (before the lattice-target
+protocol) stored the Ising target as {"L", "K", "shift"}; it still loads.
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import torch
 
 from .flows import build_flow
 from .flows.model import NeuralRGFlow
-from .physics.ising import IsingTarget
+from .physics.target import LatticeTarget, target_from_spec
+from .spec import dtype_name, parse_dtype
 
 META_KEY = "neuralrg"
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 STATE_PREFIX = "flow."
+FORMAT = 2
 
 
 class CheckpointError(ValueError):
@@ -27,10 +29,15 @@ class CheckpointError(ValueError):
 
 
 def flow_metadata(flow: NeuralRGFlow) -> dict[str, Any]:
-    """What ``load_flow`` needs to rebuild ``flow``: model config, target, dtype."""
-    t = flow.target
-    return {"model": dict(flow.config), "target": {"L": t.L, "K": t.K, "shift": t.shift},
-            "dtype": str(flow.dtype).replace("torch.", ""), "format": 1}
+    """What ``load_flow`` needs to rebuild ``flow``: model config, target spec, dtype."""
+    return {"model": dict(flow.config), "target": flow.target.spec(), "dtype": dtype_name(flow.dtype),
+            "format": FORMAT}
+
+
+def target_summary(target: LatticeTarget) -> dict[str, Any]:
+    """The target as one flat dict for summaries: {"class": …, **constructor arguments}."""
+    spec = target.spec()
+    return {"class": spec["class"], **spec["kwargs"]}
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -59,32 +66,56 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or META_KEY not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{p} is not a neuralrg training checkpoint (no '{META_KEY}' metadata)")
     meta = ckpt[META_KEY]
-    if not (isinstance(meta, dict) and isinstance(meta.get("model"), dict)
-            and isinstance(meta.get("target"), dict) and {"L", "K", "shift"} <= set(meta["target"])):
+    tgt = meta.get("target") if isinstance(meta, dict) else None
+    if not (isinstance(meta, dict) and isinstance(meta.get("model"), dict) and isinstance(tgt, dict)
+            and ({"class", "kwargs"} <= set(tgt) or {"L", "K", "shift"} <= set(tgt))):
         raise CheckpointError(f"{p} has malformed '{META_KEY}' metadata: {meta!r}")
     ckpt["_path"] = str(p)
     return ckpt
 
 
+def checkpoint_target(ckpt: dict[str, Any]) -> LatticeTarget:
+    """The target a checkpoint (from ``read_checkpoint``) was trained for."""
+    try:
+        return target_from_spec(ckpt[META_KEY]["target"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {ckpt['_path']} has an unusable target "
+                              f"{ckpt[META_KEY]['target']}: {exc}") from None
+
+
+def check_expected(target: LatticeTarget, expect: dict[str, Any], where: str) -> None:
+    """``CheckpointError`` unless every given (non-None) constructor argument in ``expect``
+    equals the target's (floats to 1e-9 relative); names what differs."""
+    have = target.spec()["kwargs"]
+    for key, want in expect.items():
+        if want is None:
+            continue
+        if key not in have:
+            raise CheckpointError(f"{where} is a {type(target).__name__}, which has no parameter {key!r} "
+                                  f"(its parameters: {sorted(have)})")
+        got = have[key]
+        same = (math.isclose(float(want), float(got), rel_tol=1e-9, abs_tol=1e-12)
+                if isinstance(got, (int, float)) and isinstance(want, (int, float)) else want == got)
+        if not same:
+            raise CheckpointError(f"{where} was trained for {key} = {got}, not {key} = {want}")
+
+
 def load_flow(path: str | Path, *, L: int | None = None, K: float | None = None,
-              map_location: str | torch.device = "cpu", dtype: torch.dtype | None = None
-              ) -> NeuralRGFlow:
+              expect: dict[str, Any] | None = None, map_location: str | torch.device = "cpu",
+              dtype: torch.dtype | None = None) -> NeuralRGFlow:
     """Rebuild the trained flow from a checkpoint or run directory, in eval mode.
 
-    ``L`` / ``K``: when given, the checkpoint must have been trained for exactly that lattice
-    size / coupling, otherwise ``CheckpointError`` (a ``ValueError``) says what differs.
+    ``L`` / ``K`` / ``expect`` (any target constructor arguments, e.g. {"kappa": 0.25}): when
+    given, the checkpoint's target must have exactly those values, otherwise
+    ``CheckpointError`` (a ``ValueError``) says what differs.
     """
     ckpt = read_checkpoint(path)
     meta = ckpt[META_KEY]
-    tgt = meta["target"]
-    if L is not None and int(L) != int(tgt["L"]):
-        raise CheckpointError(f"checkpoint {ckpt['_path']} was trained for L = {tgt['L']}, not L = {L}")
-    if K is not None and not math.isclose(float(K), float(tgt["K"]), rel_tol=1e-9, abs_tol=1e-12):
-        raise CheckpointError(f"checkpoint {ckpt['_path']} was trained for K = {tgt['K']}, not K = {K}")
+    target = checkpoint_target(ckpt)
+    check_expected(target, {"L": L, "K": K, **(expect or {})}, f"checkpoint {ckpt['_path']}")
     try:
-        target = IsingTarget(tgt["L"], tgt["K"], tgt["shift"])
         flow = build_flow(target, **dict(meta["model"]))
-        flow = flow.to(_DTYPES[meta.get("dtype", "float32")])
+        flow = flow.to(parse_dtype(meta.get("dtype", "float32")))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {ckpt['_path']} has unusable neuralrg metadata "
                               f"{meta}: {type(exc).__name__}: {exc}") from None

@@ -24,7 +24,8 @@ from neuralrg.checkpoint import CheckpointError
 from neuralrg.physics.exact import exact_solution
 from neuralrg.sampling import (independence_metropolis, latent_potential, physical_potential_and_grad,
                                run_flow_metropolis, run_latent_hmc, run_physical_hmc, summarize_run)
-from neuralrg.sampling import pipeline
+from neuralrg.pipelines import sample as pipeline
+from neuralrg.sampling.samplers.blocked_latent_hmc import default_blocks
 from neuralrg.physics.statistics import autocorrelation
 
 torch.set_num_threads(1)
@@ -128,7 +129,7 @@ def test_sampler_is_exact(name):
     assert r.sampler == name
     C, T = kw["n_chains"], kw["n_samples"]
     assert all(v.shape == (C, T) for v in r.observables.values())
-    s = summarize_run(r, f)
+    s = summarize_run(r, f.target)
     assert 0.3 < s["acceptance"] <= 1.0
     assert s["tau_int"]["energy"]["converged"] and s["tau_int"]["m2"]["converged"]
     assert s["ess_per_second"] > 0
@@ -144,7 +145,7 @@ def test_sampler_is_exact(name):
 def test_z2_latent_hmc_exact_and_both_signs():
     f = tiny_trained_flow(z2=True)
     r = run_latent_hmc(f, n_chains=64, n_warmup=40, n_samples=120, n_leapfrog=4, generator=gen(12), **HMC)
-    s = summarize_run(r, f)
+    s = summarize_run(r, f.target)
     check_exact(s, "energy_per_site", 4, f.target.K, max_err=0.02)
     m = r.observables["m"]
     assert 0.35 < float((m > 0).to(F64).mean()) < 0.65
@@ -179,10 +180,10 @@ def test_bad_block_levels(flow, bad):
 
 
 def test_default_blocks():
-    assert pipeline.default_blocks(1) == [[0]]
-    assert pipeline.default_blocks(2) == [[0, 1]]
-    assert pipeline.default_blocks(3) == [[1, 2], [0]]
-    assert pipeline.default_blocks(5) == [[3, 4], [0, 1, 2]]
+    assert default_blocks(1) == [[0]]
+    assert default_blocks(2) == [[0, 1]]
+    assert default_blocks(3) == [[1, 2], [0]]
+    assert default_blocks(5) == [[3, 4], [0, 1, 2]]
 
 
 # ----------------------------------------------------------------------------- flow Metropolis
@@ -273,7 +274,7 @@ def test_run_sampling_writes_complete_outputs(run_dir, flow, tmp_path):
     np.testing.assert_array_equal(data["latent_levels"], flow.latent_levels.numpy())
 
     js = json.loads((out / "summary.json").read_text())
-    assert js["target"] == {"L": 4, "K": flow.target.K, "shift": flow.target.shift}
+    assert js["target"] == {"class": "neuralrg.physics.ising:IsingTarget", "L": 4, "K": flow.target.K, "shift": flow.target.shift}
     assert js["settings"] == SMALL and js["seed"] == 3
     assert set(js["samplers"]) == set(samplers)
     for s in samplers:
@@ -340,7 +341,7 @@ BAD_INPUTS = {
     "nan_step": (dict(settings=dict(step_size=float("nan"))), ValueError, "step_size"),
     "unknown_setting": (dict(settings=dict(n_chain=4)), ValueError, "unknown key"),
     "bad_target_accept": (dict(settings=dict(target_accept=1.0)), ValueError, "target_accept"),
-    "unknown_sampler": (dict(samplers=["gibbs"]), ValueError, "samplers must be"),
+    "unknown_sampler": (dict(samplers=["gibbs"]), ValueError, "sampler must be one of"),
     "bad_block_levels": (dict(samplers=["blocked_latent_hmc"], settings=dict(block_levels=[[0], [7]])),
                          ValueError, "block_levels"),
     "bad_device": (dict(device="abacus"), ValueError, "device"),

@@ -27,14 +27,14 @@ pl = pytest.importorskip("pytorch_lightning")
 
 import neuralrg  # noqa: E402
 from neuralrg.checkpoint import CheckpointError  # noqa: E402
-from neuralrg.cli import exit_on_user_error  # noqa: E402
-from neuralrg.evaluation import evaluate_flow  # noqa: E402
+from neuralrg.pipelines.cli import exit_on_user_error  # noqa: E402
+from neuralrg.sampling.importance import evaluate_flow  # noqa: E402
 from neuralrg.physics.exact import exact_solution  # noqa: E402
 from neuralrg.flows import CheckerboardCoupling, PlaquetteBijector  # noqa: E402
 from neuralrg.physics.ising import IsingTarget  # noqa: E402
 from neuralrg.training.module import NonFiniteLossError  # noqa: E402
-from neuralrg.training.pipeline import build_module, run_training  # noqa: E402
-from neuralrg.training.rundir import RunDirectoryError  # noqa: E402
+from neuralrg.pipelines.train import build_module, run_training  # noqa: E402
+from neuralrg.pipelines.rundir import RunDirectoryError  # noqa: E402
 
 torch.set_num_threads(1)
 os.environ["WANDB_MODE"] = "disabled"
@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 KC = 0.44068679350977147
 # tiny and quiet: a few seconds per 100 steps on one core
-FAST = ["target.L=4", "model.n_couplings=2", "model.hidden=8", "logger=none", "callbacks=minimal",
-        "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "batch_size=64",
-        "eval_samples=256", "final_eval_samples=512"]
+QUIET = ["target.L=4", "logger=none", "callbacks=minimal", "trainer.enable_progress_bar=false",
+         "trainer.accelerator=cpu", "batch_size=64", "eval_samples=256", "final_eval_samples=512"]
+FAST = QUIET + ["model.block.n_couplings=2", "model.block.hidden=[8,8]"]
 
 
 def make_cfg(*overrides: str, run_dir: Path | None = None, fast: bool = True,
@@ -146,7 +146,7 @@ def test_summary_json_keys_and_exact_values(trained):
                   "is_log_z_per_site", "is_log_z_per_site_err", "is_free_energy_per_site",
                   "is_gap_per_site", "ess_fraction", "metropolis_acceptance", "n_samples", "z2_eval"}
     assert documented <= set(s), documented - set(s)
-    assert s["target"] == {"L": 4, "K": KC, "shift": 0.1}
+    assert s["target"] == {"class": "neuralrg.physics.ising:IsingTarget", "L": 4, "K": KC, "shift": 0.1}
     ref = exact_solution(4, KC, 0.1)
     assert s["exact"] == ref  # float JSON round trip is exact
     assert s["exact_free_energy_per_site"] == pytest.approx(-ref["continuous_log_z"] / 16, rel=1e-14)
@@ -154,7 +154,7 @@ def test_summary_json_keys_and_exact_values(trained):
         s["free_energy_per_site"] - s["exact_free_energy_per_site"], rel=1e-12)
     assert s["relative_error"] == pytest.approx(
         s["gap_per_site"] / (ref["continuous_log_z"] / 16), rel=1e-12)
-    assert s["model"]["n_couplings"] == 2 and s["model"]["hidden"] == [8, 8]
+    assert s["model"]["block"]["kwargs"]["n_couplings"] == 2 and s["model"]["block"]["kwargs"]["hidden"] == [8, 8]
     assert s["world_size"] == 1 and len(s["rank_sample_fingerprints"]) == 1
     assert set(s["z2_eval"]) >= {"free_energy_per_site", "gap_per_site", "ess_fraction"}
     assert (run_dir / "config.yaml").is_file()
@@ -253,7 +253,7 @@ def test_experiment_preset_composes(name):
 
 
 def test_overrides_reach_instantiated_objects():
-    cfg = make_cfg("model.n_couplings=3", "model.hidden=5", "target.K=0.3", "paths.run_dir=unused")
+    cfg = make_cfg("model.block.n_couplings=3", "model.block.hidden=[5,5]", "target.K=0.3", "paths.run_dir=unused")
     module = build_module(cfg)
     flow = module.flow
     assert isinstance(flow.target, IsingTarget) and flow.target.K == 0.3 and flow.target.L == 4
@@ -272,8 +272,8 @@ def test_float64_training_and_checkpoint(tmp_path):
 
 
 def test_flat_model_composes_and_trains(tmp_path):
-    cfg = make_cfg("model=flat", "model.n_couplings=3", "steps=3", "eval_every=2", "steps_per_epoch=2",
-                   run_dir=tmp_path / "flat")
+    cfg = make_cfg(*QUIET, "model=flat", "model.n_couplings=3", "steps=3", "eval_every=2", "steps_per_epoch=2",
+                   run_dir=tmp_path / "flat", fast=False)
     summary = run_training(cfg)
     assert summary["model"]["kind"] == "flat" and summary["steps"] == 3
     flow = neuralrg.load_flow(tmp_path / "flat")
@@ -432,7 +432,7 @@ def test_resume_with_other_model_is_refused(tmp_path):
     run_training(make_cfg("steps=2", "eval_every=2", "steps_per_epoch=2", run_dir=run_dir))
     last = run_dir / "checkpoints" / "last.ckpt"
     with pytest.raises(CheckpointError, match="n_couplings"):
-        run_training(make_cfg("steps=4", "model.n_couplings=3", f"ckpt_path={last}",
+        run_training(make_cfg("steps=4", "model.block.n_couplings=3", f"ckpt_path={last}",
                               run_dir=tmp_path / "other"))
 
 

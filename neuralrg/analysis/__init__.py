@@ -1,7 +1,7 @@
 """Analysis of trained flows: collective-variable statistics and mutual information.
 
-Light modules are imported eagerly; the pipeline (``run_analysis``, which pulls in sampling
-and matplotlib) and the response maps are loaded on first use. No Lightning or hydra import.
+Light modules are imported eagerly; the response maps are loaded on first use. The
+``analyze.py`` orchestration lives in ``neuralrg.pipelines.analyze``. No Lightning or hydra import.
 """
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ from .mutual_information import (
 )
 
 _LAZY = {
-    "run_analysis": "pipeline", "analyze_samples": "pipeline", "format_report": "pipeline",
-    "scalar_metrics": "pipeline",
     "causal_cone": "response", "jacobian_columns": "response", "response_radius": "response",
     "response_analysis": "response",
 }

@@ -21,7 +21,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..physics.observables import conditional_moments
 from .mutual_information import mutual_information, neighbour_pairs
 
 MI_METHODS = ("ksg", "gaussian_copula", "gaussian")
@@ -178,12 +177,13 @@ def _r2(features: np.ndarray, y: np.ndarray) -> float:
     return 1.0 - float((res ** 2).sum()) / var if var > 0 else math.nan
 
 
-def coarse_latent_correlations(z: torch.Tensor, y: torch.Tensor, levels: torch.Tensor,
-                               n_top_levels: int = 2, max_sites: int = 16) -> dict[str, Any]:
+def coarse_latent_correlations(z: torch.Tensor, m: torch.Tensor | np.ndarray, e: torch.Tensor | np.ndarray,
+                               levels: torch.Tensor, n_top_levels: int = 2, max_sites: int = 16) -> dict[str, Any]:
     """What the coarsest latents encode: correlations with m and the energy per site.
 
-    z (M, L, L) latents and y = g(z) (M, L, L) the matching configurations (``latents_under_p``);
-    m = E[m | y] and e = E[H | y]/N (improved estimators). For each of the ``n_top_levels``
+    z (M, L, L) latents of configurations y = g(z) (``latents_under_p``); m (M,) and e (M,) the
+    order parameter and energy per site of each y (the target's ``observables(y)["m"]`` and
+    ``["energy"]``; improved estimators for Ising). For each of the ``n_top_levels``
     coarsest levels and each of its first ``max_sites`` sites (row-major): corr(z, m),
     corr(|z|, |m|), corr(z, e), corr(|z|, e). m is Z2-odd and e even: under the Z2-symmetric p
     the sign of corr(z, m) is a convention of the flow (|corr| is what matters) and the energy
@@ -191,11 +191,11 @@ def coarse_latent_correlations(z: torch.Tensor, y: torch.Tensor, levels: torch.T
     (z, z²) of the coarse latents.
     """
     _check_fields(z, "z")
-    _check_fields(y, "y")
     lv = _check_levels(levels, z.shape[-1])
-    mom = conditional_moments(y.double())
-    m = mom["m"].cpu().numpy()
-    e = mom["energy"].cpu().numpy()
+    m = np.asarray(m.detach().cpu().double() if isinstance(m, torch.Tensor) else m, dtype=np.float64)
+    e = np.asarray(e.detach().cpu().double() if isinstance(e, torch.Tensor) else e, dtype=np.float64)
+    if m.shape != (z.shape[0],) or e.shape != (z.shape[0],):
+        raise ValueError(f"m and e must be shaped ({z.shape[0]},) like z's samples, got {m.shape} and {e.shape}")
     zz = z.detach().cpu().double().numpy()
     top = int(lv.max())
     per_level, feats = [], []
@@ -216,4 +216,5 @@ def coarse_latent_correlations(z: torch.Tensor, y: torch.Tensor, levels: torch.T
     F = np.column_stack(feats)
     return {"levels": per_level, "r2_m_linear": _r2(F, m), "r2_energy_quadratic": _r2(np.hstack([F, F ** 2]), e),
             "n_samples": int(len(m)), "m_mean_abs": float(np.abs(m).mean()), "energy_mean": float(e.mean()),
-            "note": "m = E[m|y], e = E[H|y]/N of y = g(z); sign of corr(z, m) is a Z2 convention"}
+            "note": "m and e: the target's per-site observables of y = g(z) (for Ising E[m|y], E[H|y]/N); "
+                    "sign of corr(z, m) is a Z2 convention"}

@@ -1,19 +1,34 @@
-"""Building flow models from plain arguments (what hydra's ``conf/model/*.yaml`` instantiate)."""
+"""Building flow models from plain arguments (what hydra's ``conf/model/*.yaml`` instantiate).
+
+Flows are built for any ``LatticeTarget``. The MERA takes its plaquette block from config: a
+*block spec* {"class": "<module>:<qualname>", "kwargs": {...}}, or a callable (hydra's
+``_partial_`` of a block class) that builds one fresh block per call. The flow's ``config``
+stores the spec as plain data, so checkpoints rebuild the same blocks. Checkpoints made before
+blocks were configurable store n_couplings / hidden / scale_bound / activation at top level:
+those are the default block's (``PlaquetteBijector``) arguments and still load.
+"""
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Integral
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from torch import nn
 
-from ..physics.ising import IsingTarget
 from ..physics.lattice import check_lattice_size
-from .coupling import check_activation
+from ..spec import import_object, object_path
+from ..physics.target import LatticeTarget
+from .coupling import PlaquetteBijector, check_activation
 from .flat import flat_layers
 from .hierarchy import latent_levels, mera_layers
 from .model import NeuralRGFlow
 from .precondition import GaussianPreconditioner
+
+#: the default plaquette block, and the arguments older configs held at top level
+DEFAULT_BLOCK = "neuralrg.flows.coupling:PlaquetteBijector"
+BLOCK_KEYS = ("n_couplings", "hidden", "n_hidden_layers", "scale_bound", "activation")
 
 
 def _positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -31,57 +46,121 @@ def _hidden_widths(hidden: int | Sequence[int], n_hidden_layers: int) -> list[in
     return widths
 
 
-def build_mera(target: IsingTarget, depth: int | None = None, n_couplings: int = 8,
-               hidden: int | Sequence[int] = 32, n_hidden_layers: int = 2,
-               disentangler_repeats: int = 1, share_levels: bool = False, z2: bool = False,
-               scale_bound: float = 2.0, precondition: bool = False,
-               activation: str = "leaky_relu") -> NeuralRGFlow:
-    """The hierarchical NeuralRG flow for ``target`` (an ``IsingTarget`` with L a power of two).
-
-    depth: RG levels (default log2 L, the full hierarchy); n_couplings: RealNVP couplings per
-    plaquette block; hidden / n_hidden_layers: MLP hidden widths (an int repeated
-    n_hidden_layers times, or a list); disentangler_repeats: disentangler layers per level;
-    share_levels: one set of blocks for all levels; z2: symmetrise q under x → −x;
-    scale_bound: initial amplitude a of the bounded log-scale a·tanh(·); precondition: end
-    with the fixed x = A^{1/2} y (``GaussianPreconditioner``), so the hierarchy acts on y;
-    activation: the coupling MLPs' nonlinearity (``neuralrg.flows.coupling.ACTIVATIONS``; use a
-    smooth one, e.g. silu, for latent HMC). The defaults rebuild checkpoints made before these
-    options existed.
-    """
-    L = check_lattice_size(target.L, power_of_two=True)
-    n = int(math.log2(L))
-    depth = n if depth is None else _positive_int(depth, "depth")
-    if depth > n:
-        raise ValueError(f"depth must be between 1 and log2(L) = {n} for L = {L}, got {depth}")
-    n_couplings = _positive_int(n_couplings, "n_couplings")
-    widths = _hidden_widths(hidden, n_hidden_layers)
-    repeats = _positive_int(disentangler_repeats, "disentangler_repeats", minimum=0)
-    if not (isinstance(scale_bound, (int, float)) and 0 < float(scale_bound) < 20):
-        raise ValueError(f"scale_bound must be a number in (0, 20), got {scale_bound!r}")
-    precondition = _check_flag(precondition, "precondition")
-    activation = check_activation(activation)
-    layers = mera_layers(L, depth, n_couplings, widths, disentangler_repeats=repeats,
-                         share_levels=bool(share_levels), scale_bound=float(scale_bound), activation=activation)
-    config = dict(kind="mera", depth=depth, n_couplings=n_couplings, hidden=widths,
-                  disentangler_repeats=repeats, share_levels=bool(share_levels), z2=bool(z2),
-                  scale_bound=float(scale_bound), precondition=precondition, activation=activation)
-    return NeuralRGFlow(_with_preconditioner(layers, target, precondition), target, z2=z2,
-                        levels=latent_levels(L, depth), config=config)
-
-
-def _with_preconditioner(layers: list, target: IsingTarget, precondition: bool) -> list:
-    return list(layers) + [GaussianPreconditioner(target)] if precondition else list(layers)
-
-
 def _check_flag(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be true or false, got {value!r}")
     return value
 
 
-def build_flat(target: IsingTarget, n_couplings: int = 8, hidden: int = 16,
+def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """Normalise a block choice to {"class", "kwargs"} (plain data, validated).
+
+    ``block``: None (the default ``PlaquetteBijector``), a spec dict, a class or dotted path, or a
+    ``functools.partial`` of a class (hydra ``_partial_``); ``kwargs`` (n_couplings, hidden,
+    n_hidden_layers, scale_bound, activation) override the spec's arguments. ``hidden`` is stored
+    as a list of widths (an int is repeated ``n_hidden_layers`` times).
+    """
+    if block is None:
+        path, args = DEFAULT_BLOCK, {}
+    elif isinstance(block, dict):
+        if "class" not in block:
+            raise ValueError(f"block must be a spec {{'class': ..., 'kwargs': ...}}, got keys {sorted(block)}")
+        path, args = str(block["class"]), dict(block.get("kwargs") or {})
+    elif isinstance(block, functools.partial):
+        if block.args:
+            raise ValueError("block partial must take keyword arguments only")
+        func = block.func
+        path, args = object_path(func), dict(block.keywords)
+    elif isinstance(block, str):
+        path, args = block, {}
+    elif isinstance(block, type):
+        path, args = object_path(block), {}
+    else:
+        raise ValueError(f"block must be None, a spec dict, a class path or a partial, got {type(block).__name__}")
+    cls = import_object(path, "block class")
+    path = object_path(cls)  # a dotted path normalised to module:qualname
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"block class {path!r} is not a torch module")
+    args.update({k: v for k, v in kwargs.items() if v is not None})
+    unknown = sorted(set(args) - set(BLOCK_KEYS))
+    if unknown:
+        raise ValueError(f"block arguments {unknown} are not known; allowed: {list(BLOCK_KEYS)}")
+    n_layers = args.pop("n_hidden_layers", 2)
+    out = {"n_couplings": _positive_int(args.get("n_couplings", 8), "n_couplings"),
+           "hidden": _hidden_widths(args.get("hidden", 32), n_layers),
+           "scale_bound": args.get("scale_bound", 2.0),
+           "activation": check_activation(args.get("activation", "leaky_relu"))}
+    sb = out["scale_bound"]
+    if isinstance(sb, bool) or not isinstance(sb, (int, float)) or not 0 < float(sb) < 20:
+        raise ValueError(f"scale_bound must be a number in (0, 20), got {sb!r}")
+    out["scale_bound"] = float(sb)
+    return {"class": path, "kwargs": out}
+
+
+def block_factory(spec: dict[str, Any]) -> Callable[[], nn.Module]:
+    """A callable building one fresh block of ``spec`` (from ``block_spec``) per call."""
+    cls = import_object(spec["class"], "block class")
+    return functools.partial(cls, **spec["kwargs"])
+
+
+def _preconditioner(target: LatticeTarget, precondition: bool | str) -> bool:
+    """Resolve ``precondition`` (true | false | "auto": where the target has a Gaussian part)."""
+    has = callable(getattr(target, "apply_coupling_power", None))
+    if precondition == "auto":
+        return has
+    precondition = _check_flag(precondition, "precondition")
+    if precondition and not has:
+        raise ValueError(f"precondition=true needs a target with a Gaussian part (apply_coupling_power); "
+                         f"{type(target).__name__} has none: use precondition=false or auto")
+    return precondition
+
+
+def _check_z2(target: LatticeTarget, z2: object) -> bool:
+    z2 = _check_flag(bool(z2) if isinstance(z2, int) else z2, "z2")
+    if z2 and not target.z2_symmetric:
+        raise ValueError(f"z2=true needs a Z2-symmetric target; {type(target).__name__} is not")
+    return z2
+
+
+def _with_preconditioner(layers: list, target: LatticeTarget, precondition: bool) -> list:
+    return list(layers) + [GaussianPreconditioner(target)] if precondition else list(layers)
+
+
+def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = None,
+               disentangler_repeats: int = 1, share_levels: bool = False, z2: bool = False,
+               precondition: bool | str = False, *, n_couplings: int | None = None,
+               hidden: int | Sequence[int] | None = None, n_hidden_layers: int | None = None,
+               scale_bound: float | None = None, activation: str | None = None) -> NeuralRGFlow:
+    """The hierarchical NeuralRG flow for ``target`` (L a power of two).
+
+    depth: RG levels (default log2 L, the full hierarchy); block: the plaquette block (see
+    ``block_spec``; default ``PlaquetteBijector``), with n_couplings / hidden / n_hidden_layers
+    / scale_bound / activation as shorthand for its arguments; disentangler_repeats:
+    disentangler layers per level; share_levels: one set of blocks for all levels; z2:
+    symmetrise q under x → −x; precondition: end with the fixed x = A^{1/2} y
+    (``GaussianPreconditioner``; "auto" = where the target has a Gaussian part).
+    """
+    L = check_lattice_size(target.L, power_of_two=True)
+    n = int(math.log2(L))
+    depth = n if depth is None else _positive_int(depth, "depth")
+    if depth > n:
+        raise ValueError(f"depth must be between 1 and log2(L) = {n} for L = {L}, got {depth}")
+    spec = block_spec(block, n_couplings=n_couplings, hidden=hidden, n_hidden_layers=n_hidden_layers,
+                      scale_bound=scale_bound, activation=activation)
+    repeats = _positive_int(disentangler_repeats, "disentangler_repeats", minimum=0)
+    precondition = _preconditioner(target, precondition)
+    z2 = _check_z2(target, z2)
+    layers = mera_layers(L, depth, block_factory(spec), disentangler_repeats=repeats,
+                         share_levels=bool(share_levels))
+    config = dict(kind="mera", depth=depth, block=spec, disentangler_repeats=repeats,
+                  share_levels=bool(share_levels), z2=z2, precondition=precondition)
+    return NeuralRGFlow(_with_preconditioner(layers, target, precondition), target, z2=z2,
+                        levels=latent_levels(L, depth), config=config)
+
+
+def build_flat(target: LatticeTarget, n_couplings: int = 8, hidden: int = 16,
                n_hidden_layers: int = 2, kernel_size: int = 3, z2: bool = False,
-               scale_bound: float = 2.0, precondition: bool = False,
+               scale_bound: float = 2.0, precondition: bool | str = False,
                activation: str = "leaky_relu") -> NeuralRGFlow:
     """The flat RealNVP baseline: checkerboard couplings with periodic CNNs (any even L);
     ``precondition`` and ``activation`` as in ``build_mera``."""
@@ -94,11 +173,12 @@ def build_flat(target: IsingTarget, n_couplings: int = 8, hidden: int = 16,
     kernel_size = _positive_int(kernel_size, "kernel_size")
     if kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-    precondition = _check_flag(precondition, "precondition")
+    precondition = _preconditioner(target, precondition)
+    z2 = _check_z2(target, z2)
     activation = check_activation(activation)
     layers = flat_layers(L, n_couplings, hidden, n_hidden_layers, kernel_size, float(scale_bound), activation)
     config = dict(kind="flat", n_couplings=n_couplings, hidden=hidden,
-                  n_hidden_layers=n_hidden_layers, kernel_size=kernel_size, z2=bool(z2),
+                  n_hidden_layers=n_hidden_layers, kernel_size=kernel_size, z2=z2,
                   scale_bound=float(scale_bound), precondition=precondition, activation=activation)
     levels = torch.zeros(L, L, dtype=torch.long)
     return NeuralRGFlow(_with_preconditioner(layers, target, precondition), target, z2=z2, levels=levels,
@@ -108,8 +188,11 @@ def build_flat(target: IsingTarget, n_couplings: int = 8, hidden: int = 16,
 BUILDERS = {"mera": build_mera, "flat": build_flat}
 
 
-def build_flow(target: IsingTarget, kind: str = "mera", **kwargs: Any) -> NeuralRGFlow:
-    """Build a flow by ``kind`` ('mera' or 'flat'); keyword arguments go to that builder."""
+def build_flow(target: LatticeTarget, kind: str = "mera", **kwargs: Any) -> NeuralRGFlow:
+    """Build a flow by ``kind`` ('mera' or 'flat'); keyword arguments go to that builder.
+
+    Accepts a stored ``flow.config`` (also of older checkpoints, see the module docstring).
+    """
     if kind not in BUILDERS:
         raise ValueError(f"kind must be one of {sorted(BUILDERS)}, got {kind!r}")
     return BUILDERS[kind](target, **kwargs)

@@ -21,7 +21,9 @@ import re
 import normflows as nf
 import torch
 
-from .coupling import PlaquetteBijector
+from typing import Callable
+
+from torch import nn
 
 
 def latent_levels(L: int, depth: int) -> torch.Tensor:
@@ -46,7 +48,7 @@ class PlaquetteLayer(nf.flows.Flow):
     sum over plaquettes. All plaquettes are processed in one batched call.
     """
 
-    def __init__(self, block: PlaquetteBijector, spacing: int, offset: int, kind: str) -> None:
+    def __init__(self, block: nn.Module, spacing: int, offset: int, kind: str) -> None:
         super().__init__()
         self.block = block
         self.spacing = int(spacing)
@@ -82,18 +84,15 @@ class PlaquetteLayer(nf.flows.Flow):
         return self._transform(x, inverse=True)
 
 
-def mera_layers(L: int, depth: int, n_couplings: int, hidden: list[int], *,
-                disentangler_repeats: int = 1, share_levels: bool = False,
-                scale_bound: float = 2.0, activation: str = "leaky_relu") -> list[PlaquetteLayer]:
+def mera_layers(L: int, depth: int, new_block: Callable[[], nn.Module], *,
+                disentangler_repeats: int = 1, share_levels: bool = False) -> list[PlaquetteLayer]:
     """The hierarchy's layers in generative order (top level first), as normflows expects.
 
     With ``share_levels`` one set of blocks (per layer role) serves every level, so the
     parameter count is independent of depth; otherwise every level has its own blocks.
-    Either way it is independent of L.
+    Either way it is independent of L. ``new_block()`` builds one fresh plaquette block (a
+    bijection of (P, 4) rows with the normflows ``forward``/``inverse`` contract).
     """
-    def new_block() -> PlaquetteBijector:
-        return PlaquetteBijector(n_couplings, hidden, scale_bound, activation)
-
     shared_dis = [new_block() for _ in range(disentangler_repeats)] if share_levels else None
     shared_dec = new_block() if share_levels else None
     inference: list[PlaquetteLayer] = []  # x → z order
@@ -133,8 +132,7 @@ def transfer_mera_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
             out[(m.group(1), int(m.group(2)), int(m.group(3) or 0))] = layer.block
         return out
 
-    for key in ("kind", "n_couplings", "hidden", "disentangler_repeats", "share_levels", "precondition",
-                "activation"):
+    for key in ("kind", "block", "disentangler_repeats", "share_levels", "precondition"):
         if src.config.get(key) != dst.config.get(key):
             raise ValueError(f"cannot warm-start: {key} differs ({src.config.get(key)!r} vs {dst.config.get(key)!r})")
     sb, db = blocks(src), blocks(dst)

@@ -10,8 +10,9 @@ and sampling flips the global sign at random.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import normflows as nf
 import torch
@@ -20,6 +21,13 @@ from torch import nn
 from ..physics.target import LatticeTarget, check_field_shape
 
 _LN2 = math.log(2.0)
+
+
+def random_sign(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x (B, L, L) with each sample's global sign flipped with probability ½."""
+    u = torch.rand(x.shape[0], dtype=x.dtype, device=x.device, generator=generator)
+    one = torch.ones((), dtype=x.dtype, device=x.device)
+    return torch.where(u < 0.5, -one, one)[:, None, None] * x
 
 
 class StandardNormal(nf.distributions.BaseDistribution):
@@ -41,14 +49,14 @@ class StandardNormal(nf.distributions.BaseDistribution):
 
 
 class NeuralRGFlow(nf.NormalizingFlow):
-    """Flow model for the L×L Ising relaxation (``target``), prior N(0, I) on z (B, L, L).
+    """Flow model for a lattice target (any ``LatticeTarget``), prior N(0, I) on z (B, L, L).
 
     ``latent_levels`` (L, L) gives the RG level of every latent site (0 = finest); the flat
     baseline puts every site on level 0. ``config`` holds what rebuilds the model
     (see ``neuralrg.flows.build_flow``).
     """
 
-    def __init__(self, flows: list[nf.flows.Flow], target: IsingTarget, *, z2: bool,
+    def __init__(self, flows: list[nf.flows.Flow], target: LatticeTarget, *, z2: bool,
                  levels: torch.Tensor, config: dict[str, Any]) -> None:
         super().__init__(StandardNormal((target.L, target.L)), flows, target)
         self.L = target.L
@@ -59,7 +67,7 @@ class NeuralRGFlow(nf.NormalizingFlow):
         self.n_levels = int(levels.max().item()) + 1
 
     @property
-    def target(self) -> IsingTarget:
+    def target(self) -> LatticeTarget:
         return self.p
 
     @property
@@ -116,18 +124,41 @@ class NeuralRGFlow(nf.NormalizingFlow):
         """log q_sym(x) given the already known plain log q(x)."""
         return torch.logaddexp(log_q, self.log_prob_unsymmetrised(-x)) - _LN2
 
+    def forward_densities(self, z: torch.Tensor, x: torch.Tensor, log_det: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(plain log q(x), log q(x) as sampled: q_sym with ``z2``) of x = g(z), from the forward
+        pass' log|det ∂x/∂z|; each (B,). The one place where the Z2 correction is applied to a
+        density known from z."""
+        log_q = self.q0.log_prob(z) - log_det
+        return log_q, (self.symmetrised_log_prob(x, log_q) if self.z2 else log_q)
+
+    def log_prob_from_forward(self, z: torch.Tensor, x: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
+        """log q(x) (q_sym with ``z2``) of x = g(z), shape (B,) (see ``forward_densities``)."""
+        return self.forward_densities(z, x, log_det)[1]
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Within the block the trainable parameters have ``requires_grad`` off (gradients flow
+        to the inputs only: latent HMC, path gradients); restored afterwards."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
     def sample_with_latent(self, num_samples: int = 1, generator: torch.Generator | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Draw (z, x, log q(x)); with ``z2``, x carries a random global sign and log q is q_sym."""
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        z, log_q0 = self.q0(int(num_samples), generator=generator)
+        z, _ = self.q0(int(num_samples), generator=generator)
         x, log_det = self.forward_and_log_det(z)
-        log_q = log_q0 - log_det
+        log_q = self.log_prob_from_forward(z, x, log_det)
         if self.z2:
-            log_q = self.symmetrised_log_prob(x, log_q)
-            u = torch.rand(x.shape[0], dtype=x.dtype, device=x.device, generator=generator)
-            x = torch.where(u < 0.5, -1.0, 1.0).to(x.dtype)[:, None, None] * x
+            x = random_sign(x, generator)
         return z, x, log_q
 
     def sample(self, num_samples: int = 1, generator: torch.Generator | None = None
@@ -145,14 +176,8 @@ class NeuralRGFlow(nf.NormalizingFlow):
         """
         z, x, log_q = self.sample_with_latent(num_samples)
         if not score_fn:
-            params = [p for p in self.parameters() if p.requires_grad]
-            for p in params:
-                p.requires_grad_(False)
-            try:
+            with self.frozen():
                 log_q = self.log_prob(x)
-            finally:
-                for p in params:
-                    p.requires_grad_(True)
         return torch.mean(log_q) - beta * torch.mean(self.p.log_prob(x))
 
     def num_parameters(self) -> int:

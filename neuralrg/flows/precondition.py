@@ -23,7 +23,9 @@ from ..physics.target import LatticeTarget, check_field_shape
 class GaussianPreconditioner(nf.flows.Flow):
     """x = A^{1/2} y for fields shaped (B, L, L), A the relaxation's coupling matrix of ``target``."""
 
-    def __init__(self, target: IsingTarget) -> None:
+    def __init__(self, target: LatticeTarget) -> None:
+        """``target`` must have a Gaussian part: ``apply_coupling_power(x, power)`` (A^power x)
+        and ``logdet_A`` (ln det A), as the Ising relaxation has."""
         super().__init__()
         # A bound method, not a submodule: the target's buffers stay out of this layer's state_dict.
         self._coupling_power = target.apply_coupling_power

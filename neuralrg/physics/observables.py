@@ -11,16 +11,13 @@ expectations of those moments (Rao–Blackwellised estimators).
 """
 from __future__ import annotations
 
-import math
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from .ising import bond_sum, log_cosh
 from .lattice import check_coupling
-from .statistics import integrated_autocorr_time
+from .statistics import blocked_jackknife, integrated_autocorr_time
 
 _PRIMARY = {"energy_per_site": "energy", "m2": "m2"}
 
@@ -112,30 +109,6 @@ def _as_chains(a: Tensor | np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def _block_means(a: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sums and counts of ``n_blocks`` near-equal contiguous blocks per chain, flattened (C·n_blocks,)."""
-    C, T = a.shape
-    edges = np.linspace(0, T, n_blocks + 1).astype(int)
-    sums = np.add.reduceat(a, edges[:-1], axis=1).reshape(-1)
-    counts = np.tile(np.diff(edges), C).astype(np.float64)
-    return sums, counts
-
-
-def _jackknife(series: dict[str, np.ndarray], f: Callable, n_blocks: int) -> tuple[float, float]:
-    """f(means) on all data, and its delete-one-block jackknife error (nan with < 2 blocks)."""
-    full = {k: float(v.mean()) for k, v in series.items()}
-    est = float(f(full))
-    blocks = {k: _block_means(v, n_blocks) for k, v in series.items()}
-    counts = next(iter(blocks.values()))[1]
-    G = counts.size
-    if G < 2:
-        return est, math.nan
-    n = counts.sum()
-    loo = {k: (s.sum() - s) / (n - counts) for k, (s, _) in blocks.items()}
-    theta = np.asarray(f(loo), dtype=np.float64)
-    return est, float(math.sqrt((G - 1) / G * ((theta - theta.mean()) ** 2).sum()))
-
-
 def summarize_observables(moments: dict[str, Tensor], K: float, N: int, *,
                           abs_m: Tensor | None = None, c: float = 6.0) -> dict[str, dict]:
     """Ensemble averages with error bars from per-sample moments shaped (C, T).
@@ -150,11 +123,12 @@ def summarize_observables(moments: dict[str, Tensor], K: float, N: int, *,
     {"mean", "err", "tau_int", "window", "converged"}. Nonlinear quantities
     specific_heat_per_site = K² N (⟨(H/N)²⟩ − ⟨H/N⟩²), binder = 1 − ⟨m⁴⟩/(3⟨m²⟩²) and, with
     abs_m, susceptibility_connected = K N (⟨m²⟩ − ⟨|m|⟩²) get a delete-one-block jackknife
-    error: each chain is cut into contiguous blocks of ≥ 10·τ_max steps (τ_max the largest
-    τ_int of their inputs; one block per chain when T is shorter), blocks of different chains
-    being independent. Their entries are {"mean", "err", "block_length", "n_blocks",
-    "converged"}; err is nan with fewer than 2 blocks in all, and ``converged`` is False when
-    a τ_int window did not converge (the blocks may then be too short).
+    error (``statistics.blocked_jackknife``): each chain is cut into contiguous blocks of
+    ≥ 10·τ_max steps (τ_max the largest τ_int of their inputs; one block per chain when T is
+    shorter), blocks of different chains being independent. Their entries are {"mean", "err",
+    "block_length", "n_blocks", "converged"}; err is nan with fewer than 2 blocks in all, and
+    ``converged`` is False when a τ_int window did not converge (the blocks may then be too
+    short).
     """
     K = check_coupling(K)
     if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
@@ -171,8 +145,7 @@ def summarize_observables(moments: dict[str, Tensor], K: float, N: int, *,
     for k, a in data.items():
         if a.shape != shape:
             raise ValueError(f"moments[{k!r}] has shape {a.shape}, expected {shape} like 'energy'")
-    C, T = shape
-    if C * T < 2:
+    if shape[0] * shape[1] < 2:
         raise ValueError(f"moments need at least 2 samples, got shape {shape}")
 
     tau = {k: integrated_autocorr_time(a, c) for k, a in data.items()}
@@ -185,18 +158,10 @@ def summarize_observables(moments: dict[str, Tensor], K: float, N: int, *,
     chi["mean"], chi["err"] = K * N * chi["mean"], abs(K) * N * chi["err"]
     out["susceptibility_per_site"] = chi
 
-    def derived(keys: list[str], f: Callable) -> dict:
-        tau_max = max(max(tau[k]["tau"], 0.5) for k in keys)
-        block = min(T, max(1, math.ceil(10.0 * tau_max)))
-        n_blocks = max(1, T // block)
-        mean, err = _jackknife({k: data[k] for k in keys}, f, n_blocks)
-        return {"mean": mean, "err": err, "block_length": T // n_blocks, "n_blocks": C * n_blocks,
-                "converged": all(tau[k]["converged"] for k in keys)}
-
-    out["specific_heat_per_site"] = derived(
-        ["energy", "energy2"], lambda d: K * K * N * (d["energy2"] - d["energy"] ** 2))
+    out["specific_heat_per_site"] = blocked_jackknife(
+        data, ["energy", "energy2"], lambda d: K * K * N * (d["energy2"] - d["energy"] ** 2), tau)
     if abs_m is not None:
-        out["susceptibility_connected"] = derived(
-            ["m2", "abs_m"], lambda d: K * N * (d["m2"] - d["abs_m"] ** 2))
-    out["binder"] = derived(["m2", "m4"], lambda d: 1.0 - d["m4"] / (3.0 * d["m2"] ** 2))
+        out["susceptibility_connected"] = blocked_jackknife(
+            data, ["m2", "abs_m"], lambda d: K * N * (d["m2"] - d["abs_m"] ** 2), tau)
+    out["binder"] = blocked_jackknife(data, ["m2", "m4"], lambda d: 1.0 - d["m4"] / (3.0 * d["m2"] ** 2), tau)
     return out

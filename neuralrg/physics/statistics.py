@@ -1,4 +1,5 @@
-"""Estimators: importance-sampling ln Z, effective sample size, integrated autocorrelation times.
+"""Estimators: importance-sampling ln Z, effective sample size, integrated autocorrelation times,
+blocked jackknife errors of functions of means.
 
 Conventions:
 
@@ -13,7 +14,7 @@ Computation is in float64 numpy; results are Python floats.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -149,3 +150,61 @@ def mean_with_error(series: torch.Tensor | np.ndarray, c: float = 6.0) -> tuple[
     """(mean, error of the mean) of ``series`` (C, T), the error including τ_int (see above)."""
     r = integrated_autocorr_time(series, c)
     return r["mean"], r["err"]
+
+
+def _block_sums(a: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums and counts of ``n_blocks`` near-equal contiguous blocks per chain of a (C, T),
+    flattened to (C·n_blocks,)."""
+    C, T = a.shape
+    edges = np.linspace(0, T, n_blocks + 1).astype(int)
+    sums = np.add.reduceat(a, edges[:-1], axis=1).reshape(-1)
+    counts = np.tile(np.diff(edges), C).astype(np.float64)
+    return sums, counts
+
+
+def blocked_jackknife(data: dict[str, Any], keys: Sequence[str], f: Callable[[dict[str, Any]], Any],
+                      taus: dict[str, dict] | None = None, c: float = 6.0) -> dict:
+    """f(means of ``data[k]`` for k in ``keys``) with a blocked delete-one-block jackknife error.
+
+    ``data`` maps names to (C, T) series (C independent chains; 1-D is one chain), all the same
+    shape. ``f`` takes {key: mean} and must also work elementwise on {key: ndarray} (it is
+    called once on the leave-one-block-out means of all blocks together). Each chain is cut
+    into contiguous near-equal blocks of ≥ 10·τ_max steps, τ_max the largest τ_int of the
+    inputs (from ``taus``, {key: ``integrated_autocorr_time`` result}, computed with window
+    constant ``c`` where missing); one block per chain when T is shorter. Blocks of different
+    chains are independent.
+
+    Returns {"mean", "err", "block_length", "n_blocks", "converged"}: err is nan with fewer
+    than 2 blocks in all; ``converged`` is False when an input's τ_int window did not converge
+    (the blocks may then be too short).
+    """
+    keys = list(keys)
+    if not keys:
+        raise ValueError("keys must name at least one series of data")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ValueError(f"data lacks key(s) {missing}; has {sorted(data)}")
+    arrs = {k: _series(data[k]) for k in keys}
+    shape = arrs[keys[0]].shape
+    for k, a in arrs.items():
+        if a.shape != shape:
+            raise ValueError(f"data[{k!r}] has shape {a.shape}, expected {shape} like data[{keys[0]!r}]")
+    C, T = shape
+    taus = dict(taus or {})
+    for k in keys:
+        if k not in taus:
+            taus[k] = integrated_autocorr_time(arrs[k], c)
+    tau_max = max(max(taus[k]["tau"], 0.5) for k in keys)
+    n_blocks = max(1, T // min(T, max(1, math.ceil(10.0 * tau_max))))
+    est = float(f({k: float(a.mean()) for k, a in arrs.items()}))
+    blocks = {k: _block_sums(a, n_blocks) for k, a in arrs.items()}
+    counts = blocks[keys[0]][1]
+    G = counts.size
+    err = math.nan
+    if G >= 2:
+        n = counts.sum()
+        loo = {k: (s.sum() - s) / (n - counts) for k, (s, _) in blocks.items()}
+        theta = np.asarray(f(loo), dtype=np.float64)
+        err = float(math.sqrt((G - 1) / G * ((theta - theta.mean()) ** 2).sum()))
+    return {"mean": est, "err": err, "block_length": T // n_blocks, "n_blocks": G,
+            "converged": all(bool(taus[k]["converged"]) for k in keys)}

@@ -20,13 +20,13 @@ Conventions (``shared/docs/physics.md``):
 from __future__ import annotations
 
 import abc
-import importlib
 import math
 from typing import Any
 
 import normflows as nf
 import torch
 
+from ..spec import import_object, object_path
 from .statistics import integrated_autocorr_time
 
 #: the per-sample observables every target provides (see module docstring)
@@ -128,8 +128,7 @@ class LatticeTarget(nf.distributions.Target, abc.ABC):
 
     def spec(self) -> dict[str, Any]:
         """{"class": "<module>:<qualname>", "kwargs": {...}}: plain data, stored in checkpoints."""
-        cls = type(self)
-        return {"class": f"{cls.__module__}:{cls.__qualname__}", "kwargs": dict(self.spec_kwargs())}
+        return {"class": object_path(type(self)), "kwargs": dict(self.spec_kwargs())}
 
     def describe(self) -> str:
         """One line for printed headers, e.g. ``IsingTarget(L=8, K=0.440687, shift=0.1)``."""
@@ -155,13 +154,7 @@ def target_from_spec(spec: dict[str, Any]) -> LatticeTarget:
             return IsingTarget(spec["L"], spec["K"], spec.get("shift", 0.1))
         raise ValueError(f"target spec needs 'class' and 'kwargs', got keys {sorted(spec)}")
     path = spec["class"]
-    module, _, qualname = str(path).partition(":")
-    try:
-        cls: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"target class {path!r} cannot be imported: {exc}") from None
+    cls = import_object(path, "target class")
     if not (isinstance(cls, type) and issubclass(cls, LatticeTarget)):
         raise ValueError(f"target class {path!r} is not a LatticeTarget")
     return cls(**dict(spec.get("kwargs") or {}))

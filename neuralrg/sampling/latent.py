@@ -1,4 +1,4 @@
-"""Potentials for HMC: latent space of a flow (NeuTra) and physical space of the Ising relaxation.
+"""Potentials for HMC: latent space of a flow (NeuTra) and physical space of the target.
 
 Latent HMC samples z from π(z) ∝ exp(−U(z)) and returns x = g(z), exact draws from p:
 
@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-from ..flows.model import NeuralRGFlow
-from ..physics.ising import IsingTarget
+from ..flows.model import NeuralRGFlow, random_sign
+from ..physics.target import LatticeTarget
 
 
 def latent_potential(flow: NeuralRGFlow) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -26,28 +26,21 @@ def latent_potential(flow: NeuralRGFlow) -> Callable[[torch.Tensor], torch.Tenso
     def potential(z: torch.Tensor) -> torch.Tensor:
         x, log_det = flow.forward_and_log_det(z)
         u = target.energy(x) - log_det
-        if flow.z2:
-            log_q = flow.q0.log_prob(z) - log_det
-            u = u + flow.symmetrised_log_prob(x, log_q) - log_q
+        if flow.z2:  # + ln q_sym(x) − ln q(x)
+            log_q, log_q_sym = flow.forward_densities(z, x, log_det)
+            u = u + log_q_sym - log_q
         return u
 
     return potential
 
 
-def physical_potential_and_grad(target: IsingTarget) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(E(x), ∇E(x)) with the analytic gradient A⁻¹x − tanh x (no autograd graph)."""
+def physical_potential_and_grad(target: LatticeTarget) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(E(x), ∇E(x)) with the target's gradient (analytic where it has one)."""
 
     def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return target.energy(x), target.grad_energy(x)
 
     return fn
-
-
-def random_sign(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x (B, L, L) with each sample's global sign flipped with probability ½."""
-    u = torch.rand(x.shape[0], dtype=x.dtype, device=x.device, generator=generator)
-    one = torch.ones((), dtype=x.dtype, device=x.device)
-    return torch.where(u < 0.5, -one, one)[:, None, None] * x
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ..errors import NonFiniteLossError
 from ..checkpoint import META_KEY, flow_metadata
-from ..evaluation import evaluate_flow
+from ..sampling.importance import evaluate_flow
 from ..flows.model import NeuralRGFlow
 from .schedule import build_scheduler
 
@@ -133,14 +133,8 @@ class FlowModule(pl.LightningModule):
         """Per-sample ln q(x) and E(x) (totals, (n,) each) and the samples x (n, L, L)."""
         _, x, log_q = self.flow.sample_with_latent(n)
         if self.path_gradient:
-            params = [p for p in self.flow.parameters() if p.requires_grad]
-            for p in params:
-                p.requires_grad_(False)
-            try:
+            with self.flow.frozen():
                 log_q = self.flow.log_prob(x)
-            finally:
-                for p in params:
-                    p.requires_grad_(True)
         return log_q, self.flow.target.energy(x), x
 
     def free_energy_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +184,9 @@ class FlowModule(pl.LightningModule):
         fd = f.detach()
         self.log("train/free_energy", fd.mean() / n, prog_bar=True, sync_dist=True)
         self.log("train/free_energy_err", fd.std() / math.sqrt(fd.numel()) / n, sync_dist=True)
-        self.log("train/gap", fd.mean() / n + self.flow.target.log_z / n, prog_bar=True, sync_dist=True)
+        log_z = self.flow.target.log_z
+        if log_z is not None:
+            self.log("train/gap", fd.mean() / n + log_z / n, prog_bar=True, sync_dist=True)
         self.log("train/grad_norm", gnorm, sync_dist=True)
         self.log("train/lr", sched.get_last_lr()[0])
         if math.isfinite(rate):
@@ -206,10 +202,8 @@ class FlowModule(pl.LightningModule):
         res = evaluate_flow(self.flow, self.eval_samples, self.eval_batch_size)
         self.flow.train(was_training)
         self.last_eval = res
-        keys = ("free_energy_per_site", "free_energy_per_site_err", "gap_per_site", "relative_error",
-                "is_log_z_per_site", "is_log_z_per_site_err", "ess_fraction", "metropolis_acceptance")
-        for k in keys:
-            if k in res:
-                self.log(f"eval/{k}", float(res[k]), sync_dist=True)
+        for k, v in res.items():  # every number the evaluation computes
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.log(f"eval/{k}", float(v), sync_dist=True)
         self._t_last = None  # don't count evaluation time in samples/s
         return res

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import resolve_checkpoint
+from ..checkpoint import resolve_checkpoint
 
 
 def resolve_device(name: str) -> torch.device:

@@ -3,15 +3,16 @@
 ``train.py`` only composes the config and calls ``run_training``. Keys of ``summary.json``:
 
 * status ("completed", "interrupted" after Ctrl-C, or "stopped: <why>" after a NaN/inf), run_dir, target
-  {L, K, shift}, model (the flow's config + num_parameters), dtype, device, world_size, steps
+  {class, **constructor arguments}, model (the flow's config + num_parameters), dtype, device, world_size, steps
   (global_step reached), batch_size (per rank), wall_time_s, rank_sample_fingerprints (one
   number per DDP rank from its first batch; they differ when the ranks draw different samples),
   relative_error_divides;
-* exact: ``neuralrg.exact.exact_solution(L, K, shift)`` (Kaufman: log_z, free_energy_per_site,
-  energy_per_site, specific_heat_per_site of the discrete model, and continuous_log_z = ln Z_x);
-* the final evaluation (``neuralrg.evaluation.evaluate_flow``, only when completed):
-  free_energy_per_site ± free_energy_per_site_err (F_q/N), exact_free_energy_per_site
-  (−ln Z_x/N), gap_per_site, relative_error (gap / (ln Z_x/N)), is_log_z_per_site ± err,
+* exact: ``target.exact()`` (Ising: Kaufman's log_z, free_energy_per_site, energy_per_site,
+  specific_heat_per_site of the discrete model, and continuous_log_z = ln Z_x; {} where unknown);
+* the final evaluation (``neuralrg.sampling.importance.evaluate_flow``, only when completed):
+  free_energy_per_site ± free_energy_per_site_err (F_q/N) and, where the target has an exact
+  ln Z, exact_free_energy_per_site (−ln Z/N), gap_per_site, relative_error (gap / (ln Z/N));
+  is_log_z_per_site ± err,
   is_free_energy_per_site, is_gap_per_site, ess_fraction, metropolis_acceptance, n_samples;
 * z2_eval: the same evaluation of the Z2-symmetrised density, for a flow trained without Z2.
 """
@@ -33,36 +34,40 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, read_write
 from pytorch_lightning.loggers import WandbLogger
 
-from ..checkpoint import META_KEY, CheckpointError, flow_metadata, load_flow, read_checkpoint
+from ..checkpoint import META_KEY, CheckpointError, flow_metadata, load_flow, read_checkpoint, target_summary
 from ..flows import transfer_mera_weights
-from ..evaluation import evaluate_flow
-from ..physics.exact import exact_solution
-from .data import StepIndices
-from .module import FIT_FINGERPRINTS_KEY, FIT_STEP_KEY, FlowModule, NonFiniteLossError, ignore_known_warnings
+from ..physics.target import same_spec
+from ..sampling.importance import evaluate_flow
+from ..spec import parse_dtype
+from ..training.data import StepIndices
+from ..training.module import FIT_FINGERPRINTS_KEY, FIT_STEP_KEY, FlowModule, NonFiniteLossError, ignore_known_warnings
 from .rundir import RunDirectoryError, check_run_dir, launched_rank
+from .tracking import close_run
 
 __all__ = ["run_training", "build_module", "build_trainer", "final_evaluation", "format_summary",
            "RunDirectoryError", "NonFiniteLossError"]
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _check_resume_matches(ckpt_path: str, module: FlowModule) -> None:
     meta = read_checkpoint(ckpt_path)[META_KEY]
     mine = flow_metadata(module.flow)
-    for key in ("target", "model"):
-        if meta[key] != mine[key]:
-            raise CheckpointError(f"ckpt_path={ckpt_path} was trained with {key} {meta[key]}, "
-                                  f"but this run is configured with {key} {mine[key]}")
+    if not same_spec(meta["target"], mine["target"]):
+        raise CheckpointError(f"ckpt_path={ckpt_path} was trained with target {meta['target']}, "
+                              f"but this run is configured with target {mine['target']}")
+    theirs = load_flow(ckpt_path).config  # normalised like ours (older checkpoints store other keys)
+    if theirs != mine["model"]:
+        diff = sorted(k for k in set(theirs) | set(mine["model"]) if theirs.get(k) != mine["model"].get(k))
+        raise CheckpointError(f"ckpt_path={ckpt_path} was trained with model {theirs}, but this run is "
+                              f"configured with model {mine['model']} (they differ in {diff})")
 
 
 def build_module(cfg: DictConfig) -> FlowModule:
     """Instantiate target, flow and LightningModule from the config."""
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    dtype = parse_dtype(cfg.dtype)
     target = instantiate(cfg.target)
-    flow = instantiate(cfg.model)(target=target).to(DTYPES[cfg.dtype])
+    flow = instantiate(cfg.model)(target=target).to(dtype)
     if cfg.get("init_from"):
         warm_start(flow, cfg.init_from, resuming=bool(cfg.get("ckpt_path")))
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -99,8 +104,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callbac
 
 
 def final_evaluation(flow: Any, n_samples: int) -> dict[str, Any]:
+    """``evaluate_flow`` of the trained density and, for a Z2-symmetric target trained without
+    Z2, of its symmetrised density (``z2_eval``)."""
     res = evaluate_flow(flow, n_samples)
-    if not flow.z2:
+    if not flow.z2 and flow.target.z2_symmetric:
         flow.z2 = True
         try:
             res["z2_eval"] = evaluate_flow(flow, n_samples)
@@ -138,17 +145,10 @@ def _log_to_file(path: Path) -> Iterator[None]:
 
 
 def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], failed: bool) -> None:
-    """Copy the final numbers into the W&B run summary and close the run (a hydra multirun
-    needs one ``finish`` per job, otherwise only one run is logged)."""
+    """Close the training's W&B run with the final numbers (``tracking.close_run``)."""
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
-            run = lg.experiment
-            flat = {f"final/{k}": v for k, v in summary.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if flat and hasattr(run, "summary"):
-                run.summary.update(flat)
-            if hasattr(run, "finish"):
-                run.finish(exit_code=1 if failed else 0)
+            close_run(lg.experiment, {k: v for k, v in summary.items() if k != "exact"}, failed=failed)
 
 
 def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
@@ -220,7 +220,7 @@ def _summarise(cfg: DictConfig, trainer: pl.Trainer, module: FlowModule, status:
     summary: dict[str, Any] = {
         "status": status,
         "run_dir": str(trainer.default_root_dir),
-        "target": {"L": target.L, "K": target.K, "shift": target.shift},
+        "target": target_summary(target),
         "model": {**flow.config, "num_parameters": flow.num_parameters()},
         "dtype": cfg.dtype,
         "device": str(flow.device) + (f" ({torch.cuda.get_device_name(flow.device)})"
@@ -229,8 +229,8 @@ def _summarise(cfg: DictConfig, trainer: pl.Trainer, module: FlowModule, status:
         "steps": steps,
         "batch_size": int(cfg.batch_size),
         "wall_time_s": wall,
-        "relative_error_divides": "continuous ln Z_x per site",
-        "exact": exact_solution(target.L, target.K, target.shift),
+        "relative_error_divides": "exact ln Z per site of the target's density",
+        "exact": target.exact(),
         "rank_sample_fingerprints": fingerprints,
     }
     if status == "completed":
@@ -239,22 +239,29 @@ def _summarise(cfg: DictConfig, trainer: pl.Trainer, module: FlowModule, status:
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    """A few human lines for the terminal."""
+    """A few human lines for the terminal (exact comparisons only where the target has them)."""
     if "free_energy_per_site" not in s:
         return f"status: {s.get('status')}"
-    t = s["target"]
+    t = dict(s["target"])
+    name = str(t.pop("class", "target")).rpartition(":")[2]
+    args = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}" for k, v in t.items())
     lines = [
-        f"L = {t['L']}, K = {t['K']:.6f}: {s['model']['kind']} flow, {s['model']['num_parameters']} "
+        f"{name}({args}): {s['model']['kind']} flow, {s['model']['num_parameters']} "
         f"parameters, {s['steps']} steps in {s['wall_time_s']:.0f} s on {s['device']}",
-        f"  F_q/N        = {s['free_energy_per_site']:.6f} ± {s['free_energy_per_site_err']:.6f}",
-        f"  exact -lnZx/N = {s['exact_free_energy_per_site']:.6f}",
-        f"  gap/N        = {s['gap_per_site']:.5f}   (relative {s['relative_error']:.2e} of ln Z_x/N)",
-        f"  IS lnZ/N     = {s['is_log_z_per_site']:.6f} ± {s['is_log_z_per_site_err']:.6f}, "
-        f"ESS/M = {s['ess_fraction']:.3f}, flow-MH acceptance = {s['metropolis_acceptance']:.3f}",
+        f"  F_q/N        = {s['free_energy_per_site']:.6f} ± {s['free_energy_per_site_err']:.6f}"
+        "   (variational free energy, an upper bound on -ln Z/N)",
     ]
+    if "gap_per_site" in s:
+        lines += [f"  exact -lnZ/N = {s['exact_free_energy_per_site']:.6f}",
+                  f"  gap/N        = {s['gap_per_site']:.5f}   (relative {s['relative_error']:.2e} of ln Z/N)"]
+    lines.append(f"  IS lnZ/N     = {s['is_log_z_per_site']:.6f} ± {s['is_log_z_per_site_err']:.6f}, "
+                 f"ESS/M = {s['ess_fraction']:.3f}, flow-MH acceptance = {s['metropolis_acceptance']:.3f}")
     if "z2_eval" in s:
-        lines.append(f"  Z2-symmetrised at evaluation: gap/N = {s['z2_eval']['gap_per_site']:.5f}, "
-                     f"ESS/M = {s['z2_eval']['ess_fraction']:.3f}")
+        z2 = s["z2_eval"]
+        lines.append("  Z2-symmetrised at evaluation: "
+                     + (f"gap/N = {z2['gap_per_site']:.5f}, " if "gap_per_site" in z2 else
+                        f"F_q/N = {z2['free_energy_per_site']:.6f}, ")
+                     + f"ESS/M = {z2['ess_fraction']:.3f}")
     if not math.isfinite(s["free_energy_per_site"]):
         lines.append("  (non-finite estimates)")
     return "\n".join(lines)

@@ -55,19 +55,21 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..runs import resolve_device, run_output_dir
-from ..checkpoint import load_flow, resolve_checkpoint
-from ..physics.observables import conditional_moments
+from ..analysis.figures import plot_landscape, plot_latent_stats, plot_mutual_information, plot_response_maps
+from ..analysis.landscape import free_energy_landscape
+from ..analysis.latents import (MI_METHODS, coarse_latent_correlations, latents_under_p, level_moments,
+                                level_pair_statistics, physical_pair_statistics)
+from ..analysis.response import response_analysis
+from ..checkpoint import load_flow, resolve_checkpoint, target_summary
 from ..plotting import save_figure
-from .figures import plot_landscape, plot_latent_stats, plot_mutual_information, plot_response_maps
-from .landscape import free_energy_landscape
-from .latents import MI_METHODS, coarse_latent_correlations, latents_under_p, level_moments, level_pair_statistics, \
-    physical_pair_statistics
-from .response import response_analysis
+from ..sampling.registry import available, resolve_settings, run_sampler
+from ..spec import dtype_name, parse_dtype
+from .runs import resolve_device, run_output_dir
+from .tracking import close_run, open_run
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("latent_hmc", "flow_metropolis", "auto")
+AUTO = "auto"  # flow-Metropolis where a short probe accepts well enough, else latent HMC
 DEFAULT_SETTINGS: dict[str, Any] = dict(n_chains=64, n_warmup=100, n_samples=200, n_leapfrog=10, step_size=0.1,
                                         target_accept=0.8, max_keep=4096, min_metropolis_acceptance=0.3)
 DEFAULT_MI: dict[str, Any] = dict(methods=["ksg", "gaussian_copula"], k=3, max_samples=4000)
@@ -115,25 +117,24 @@ def _check_config(settings: dict[str, Any], mi: dict[str, Any], response: dict[s
 
 
 # ----------------------------------------------------------------------------- sampling
+def exact_samplers() -> list[str]:
+    """Registry samplers whose chains sample p exactly and use the flow (usable for analysis), plus auto."""
+    return sorted(n for n, spec in available().items() if spec.exact and spec.needs_flow) + [AUTO]
+
+
 def draw_exact_samples(flow: Any, sampler: str, settings: dict[str, Any], generator: torch.Generator
                        ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Exact samples x ~ p (M, L, L) by ``sampler`` ∈ SAMPLERS; returns (x, info for the JSON)."""
-    from ..sampling.runner import run_flow_metropolis, run_latent_hmc
-
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    """Exact samples x ~ p (M, L, L) by a registry ``sampler`` (or auto); returns (x, info for the JSON)."""
+    if sampler not in exact_samplers():
+        raise ValueError(f"sampler must be one of {exact_samplers()}, got {sampler!r}")
     info: dict[str, Any] = {}
-    if sampler == "auto":
-        probe = run_flow_metropolis(flow, n_chains=8, n_warmup=8, n_samples=64, max_keep=16, generator=generator)
+    if sampler == AUTO:
+        probe = run_sampler("flow_metropolis", flow, flow.target,
+                            resolve_settings("flow_metropolis", dict(n_chains=8, n_warmup=8, n_samples=64,
+                                                                     max_keep=16)), generator)
         info["probe_acceptance"] = probe.accept
         sampler = "flow_metropolis" if probe.accept >= settings["min_metropolis_acceptance"] else "latent_hmc"
-    common = dict(n_chains=settings["n_chains"], n_warmup=settings["n_warmup"], n_samples=settings["n_samples"],
-                  max_keep=settings["max_keep"], generator=generator)
-    if sampler == "latent_hmc":
-        run = run_latent_hmc(flow, step_size=settings["step_size"], n_leapfrog=settings["n_leapfrog"],
-                             target_accept=settings["target_accept"], **common)
-    else:
-        run = run_flow_metropolis(flow, **common)
+    run = run_sampler(sampler, flow, flow.target, resolve_settings(sampler, settings), generator)
     info.update(sampler=run.sampler, acceptance=run.accept, wall_time_s=run.wall_time,
                 sampler_settings=run.settings)
     return run.x.detach(), info
@@ -214,10 +215,11 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
     timing["response_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    coarse = coarse_latent_correlations(z_cpu, y_cpu, levels)
+    obs_y = flow.target.observables(y_cpu.double())
+    coarse = coarse_latent_correlations(z_cpu, obs_y["m"], obs_y["energy"], levels)
     z_top = z_cpu[:, 0, 0].double().numpy()
-    m_x = conditional_moments(x_cpu.double())["m"].numpy()
-    m_y = conditional_moments(y_cpu.double())["m"].numpy()
+    m_x = flow.target.observables(x_cpu.double())["m"].numpy()
+    m_y = obs_y["m"].numpy()
     lkw = dict(bins=int(landscape["bins"]), grid_points=int(landscape["grid_points"]))
     land = {
         "variable": f"z at site (0, 0), level {int(levels[0, 0])} (the coarsest latent)",
@@ -315,35 +317,26 @@ def scalar_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 def log_to_wandb(out: Path, result: dict[str, Any], figures: Sequence[str], wandb_cfg: dict[str, Any]) -> bool:
-    """Log the headline numbers and figures to W&B; never raises (a warning on any failure).
-
-    ``wandb_cfg``: project, name, mode ('offline' | 'online' | 'disabled'; default the
-    WANDB_MODE environment variable, else 'offline', so no network is needed). Returns True on success.
-    """
+    """Log the headline numbers and figures to W&B (``tracking``); never raises. Returns True on success."""
+    t = result["target"]
+    run = open_run(project=wandb_cfg.get("project") or "neuralrg", name=wandb_cfg.get("name") or f"analysis_L{t['L']}",
+                   dir=str(out), mode=wandb_cfg.get("mode"), job_type="analyze",
+                   config={"run": result["run"], "target": t, "model": result["model"], "sampling": result["sampling"]})
+    if run is None:
+        return False
     try:
         import wandb
-    except ImportError:
-        log.warning("logger=wandb but the wandb package is not installed; skipped")
-        return False
-    mode = wandb_cfg.get("mode") or os.environ.get("WANDB_MODE", "offline")
-    if mode not in ("offline", "online", "disabled"):
-        log.warning("wandb mode must be offline, online or disabled, got %r; skipped", mode)
-        return False
-    t = result["target"]
-    name = wandb_cfg.get("name") or f"analysis_L{t['L']}_K{t['K']:.4f}"
-    try:
-        run = wandb.init(project=wandb_cfg.get("project") or "neuralrg", name=name, dir=str(out), mode=mode,
-                         job_type="analysis", config={"run": result["run"], "target": t, "model": result["model"],
-                                                      "sampling": result["sampling"]})
+
         payload: dict[str, Any] = dict(scalar_metrics(result))
         for f in figures:
             payload[f"figures/{Path(f).stem}"] = wandb.Image(str(out / f))
         run.log(payload)
-        run.finish()
-        return True
-    except Exception as exc:  # W&B must never cost the analysis
+    except Exception as exc:  # noqa: BLE001 - W&B must never cost the analysis
         log.warning("W&B logging failed (%s: %s); the outputs on disk are complete", type(exc).__name__, exc)
+        close_run(run, failed=True)
         return False
+    close_run(run)
+    return True
 
 
 def run_analysis(*, run: str | Path, out_dir: str | Path | None = None, sampler: str = "latent_hmc",
@@ -366,17 +359,15 @@ def run_analysis(*, run: str | Path, out_dir: str | Path | None = None, sampler:
     resp_cfg = _merged(DEFAULT_RESPONSE, response, "response")
     land_cfg = _merged(DEFAULT_LANDSCAPE, landscape, "landscape")
     _check_config(settings, mi_cfg, resp_cfg, land_cfg)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler not in exact_samplers():
+        raise ValueError(f"sampler must be one of {exact_samplers()}, got {sampler!r}")
     if logger not in ("none", "wandb"):
         raise ValueError(f"logger must be 'none' or 'wandb', got {logger!r}")
-    dtypes = {"float32": torch.float32, "float64": torch.float64}
-    if dtype is not None and dtype not in dtypes:
-        raise ValueError(f"dtype must be null, 'float32' or 'float64', got {dtype!r}")
+    torch_dtype = None if dtype is None else parse_dtype(dtype, "dtype (null for the checkpoint's)")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
 
-    flow = load_flow(run, L=L, K=K, map_location=resolve_device(device), dtype=dtypes.get(dtype))
+    flow = load_flow(run, L=L, K=K, map_location=resolve_device(device), dtype=torch_dtype)
     out = Path(out_dir) if out_dir else run_output_dir(run, "analysis")
     if (out / "analysis.json").exists():
         raise ValueError(f"out_dir {out} already holds a completed analysis; choose another out_dir")
@@ -402,8 +393,8 @@ def run_analysis(*, run: str | Path, out_dir: str | Path | None = None, sampler:
     t = flow.target
     result: dict[str, Any] = {
         "run": str(run), "checkpoint": str(resolve_checkpoint(run)), "created": datetime.now().isoformat(),
-        "target": {"L": t.L, "K": t.K, "shift": t.shift}, "model": dict(flow.config),
-        "device": str(flow.device), "dtype": str(flow.dtype).replace("torch.", ""), "seed": seed,
+        "target": target_summary(t), "model": dict(flow.config),
+        "device": str(flow.device), "dtype": dtype_name(flow.dtype), "seed": seed,
         "sampling": info, **results,
     }
     result["figures"] = write_figures(out, results, arrays) if figures else []
@@ -422,8 +413,10 @@ def format_report(result: dict[str, Any]) -> str:
     primary = result["mi_estimator"]["primary"]
     methods = result["mi_estimator"]["methods"]
     fmt = lambda v, f=".4f": "  n/a" if v is None else format(v, f)  # noqa: E731
-    t = result["target"]
-    lines = [f"L = {t['L']}, K = {t['K']:.6f}; {result['sampling']['n_configurations']} exact samples "
+    t = dict(result["target"])
+    name = str(t.pop("class", "target")).rpartition(":")[2]
+    args = ", ".join(f"{k} = {v:.6g}" if isinstance(v, float) else f"{k} = {v}" for k, v in t.items())
+    lines = [f"{name}({args}); {result['sampling']['n_configurations']} exact samples "
              f"({result['sampling']['sampler']}, acceptance {fmt(result['sampling'].get('acceptance'), '.3f')}); "
              f"MI in nats, estimators {methods} (primary {primary})",
              f"{'level':>5} {'mean':>8} {'var':>7} {'ex.kurt':>8} {'corr':>7} "

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from .sampling.metropolis import metropolis_acceptance
-from .physics.statistics import ess_fraction, importance_log_z
+from .metropolis import metropolis_acceptance
+from ..physics.statistics import ess_fraction, importance_log_z
 
 
 @torch.no_grad()

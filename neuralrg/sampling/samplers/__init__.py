@@ -1,0 +1,1 @@
+"""One module a sampler; each defines ``SAMPLER`` (see ``neuralrg.sampling.registry``)."""
