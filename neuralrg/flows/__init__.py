@@ -5,7 +5,9 @@ from .flat import CheckerboardCoupling
 from .hierarchy import PlaquetteLayer, latent_levels, transfer_mera_weights
 from .model import NeuralRGFlow, StandardNormal
 from .precondition import GaussianPreconditioner
+from .wavelet import HaarDecimator, HaarPlaquette
 
 __all__ = ["build_flow", "build_mera", "build_flat", "NeuralRGFlow", "StandardNormal",
            "PlaquetteBijector", "PlaquetteCoupling", "PlaquetteLayer", "CheckerboardCoupling",
-           "latent_levels", "transfer_mera_weights", "GaussianPreconditioner"]
+           "latent_levels", "transfer_mera_weights", "GaussianPreconditioner",
+           "HaarDecimator", "HaarPlaquette"]

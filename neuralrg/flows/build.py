@@ -25,6 +25,7 @@ from .flat import flat_layers
 from .hierarchy import latent_levels, mera_layers
 from .model import NeuralRGFlow
 from .precondition import GaussianPreconditioner
+from .wavelet import check_skeleton
 
 #: the default plaquette block, and the arguments older configs held at top level
 DEFAULT_BLOCK = "neuralrg.flows.coupling:PlaquetteBijector"
@@ -128,7 +129,7 @@ def _with_preconditioner(layers: list, target: LatticeTarget, precondition: bool
 
 def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = None,
                disentangler_repeats: int = 1, share_levels: bool = False, z2: bool = False,
-               precondition: bool | str = False, *, n_couplings: int | None = None,
+               precondition: bool | str = False, skeleton: str = "none", *, n_couplings: int | None = None,
                hidden: int | Sequence[int] | None = None, n_hidden_layers: int | None = None,
                scale_bound: float | None = None, activation: str | None = None) -> NeuralRGFlow:
     """The hierarchical NeuralRG flow for ``target`` (L a power of two).
@@ -138,7 +139,10 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
     / scale_bound / activation as shorthand for its arguments; disentangler_repeats:
     disentangler layers per level; share_levels: one set of blocks for all levels; z2:
     symmetrise q under x → −x; precondition: end with the fixed x = A^{1/2} y
-    (``GaussianPreconditioner``; "auto" = where the target has a Gaussian part).
+    (``GaussianPreconditioner``; "auto" = where the target has a Gaussian part); skeleton:
+    "none" or "haar" (a fixed orthonormal Haar transform inside every decimator,
+    ``wavelet.HaarDecimator``: with the preconditioner the untrained flow is an exact Gaussian
+    block-spin RG, top latent = zero mode of A^{−1/2}x; stored configs without it are "none").
     """
     L = check_lattice_size(target.L, power_of_two=True)
     n = int(math.log2(L))
@@ -149,11 +153,12 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
                       scale_bound=scale_bound, activation=activation)
     repeats = _positive_int(disentangler_repeats, "disentangler_repeats", minimum=0)
     precondition = _preconditioner(target, precondition)
+    skeleton = check_skeleton(skeleton)
     z2 = _check_z2(target, z2)
     layers = mera_layers(L, depth, block_factory(spec), disentangler_repeats=repeats,
-                         share_levels=bool(share_levels))
+                         share_levels=bool(share_levels), skeleton=skeleton)
     config = dict(kind="mera", depth=depth, block=spec, disentangler_repeats=repeats,
-                  share_levels=bool(share_levels), z2=z2, precondition=precondition)
+                  share_levels=bool(share_levels), z2=z2, precondition=precondition, skeleton=skeleton)
     return NeuralRGFlow(_with_preconditioner(layers, target, precondition), target, z2=z2,
                         levels=latent_levels(L, depth), config=config)
 

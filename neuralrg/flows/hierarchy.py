@@ -9,7 +9,9 @@ viewed as an (L/d)×(L/d) grid. In the inference direction x → z a level appli
   its (0,0) site — both coordinates ≡ 0 mod 2d — continues to level k+1, the other three are
   level k's latent variables.
 
-The generative direction z → x runs the same layers in reverse, top level first. Latents
+With ``skeleton="haar"`` every decimator first maps its plaquette to orthonormal Haar
+coefficients (block average on the (0,0) site; ``wavelet.HaarDecimator``), so the untrained
+hierarchy is a 2D Haar wavelet transform. The generative direction z → x runs the same layers in reverse, top level first. Latents
 stay at the site where they were decimated, so z is shaped (B, L, L) like x and
 ``latent_levels(L, depth)`` says which RG level every site of z belongs to; the
 (L/2^depth)² sites that survive every decimator form the top level, ``depth``.
@@ -24,6 +26,8 @@ import torch
 from typing import Callable
 
 from torch import nn
+
+from .wavelet import HaarDecimator, check_skeleton
 
 
 def latent_levels(L: int, depth: int) -> torch.Tensor:
@@ -85,14 +89,18 @@ class PlaquetteLayer(nf.flows.Flow):
 
 
 def mera_layers(L: int, depth: int, new_block: Callable[[], nn.Module], *,
-                disentangler_repeats: int = 1, share_levels: bool = False) -> list[PlaquetteLayer]:
+                disentangler_repeats: int = 1, share_levels: bool = False,
+                skeleton: str = "none") -> list[PlaquetteLayer]:
     """The hierarchy's layers in generative order (top level first), as normflows expects.
 
     With ``share_levels`` one set of blocks (per layer role) serves every level, so the
     parameter count is independent of depth; otherwise every level has its own blocks.
     Either way it is independent of L. ``new_block()`` builds one fresh plaquette block (a
     bijection of (P, 4) rows with the normflows ``forward``/``inverse`` contract).
+    ``skeleton="haar"`` wraps every decimator block in ``HaarDecimator`` (fixed Haar mixing
+    before the learned block, inference direction); a shared decimator block stays shared.
     """
+    haar = check_skeleton(skeleton) == "haar"
     shared_dis = [new_block() for _ in range(disentangler_repeats)] if share_levels else None
     shared_dec = new_block() if share_levels else None
     inference: list[PlaquetteLayer] = []  # x → z order
@@ -102,6 +110,8 @@ def mera_layers(L: int, depth: int, new_block: Callable[[], nn.Module], *,
             blk = shared_dis[r] if share_levels else new_block()
             inference.append(PlaquetteLayer(blk, d, 1, f"disentangler{k}.{r}"))
         blk = shared_dec if share_levels else new_block()
+        if haar:
+            blk = HaarDecimator(blk)
         inference.append(PlaquetteLayer(blk, d, 0, f"decimator{k}"))
     return inference[::-1]
 
@@ -121,7 +131,7 @@ def transfer_mera_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
     The plaquette blocks are translation invariant, so a level's block does not care about L:
     level k of ``dst`` takes level k of ``src`` for the fine levels, the top level takes the
     top level, and any extra middle level copies ``src``'s last non-top level. Both models
-    must have the same block architecture. Returns the number of blocks copied.
+    must have the same block architecture and skeleton. Returns the number of blocks copied.
     """
     def blocks(flow):
         out = {}
@@ -132,9 +142,11 @@ def transfer_mera_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
             out[(m.group(1), int(m.group(2)), int(m.group(3) or 0))] = layer.block
         return out
 
-    for key in ("kind", "block", "disentangler_repeats", "share_levels", "precondition"):
-        if src.config.get(key) != dst.config.get(key):
-            raise ValueError(f"cannot warm-start: {key} differs ({src.config.get(key)!r} vs {dst.config.get(key)!r})")
+    defaults = {"skeleton": "none"}  # configs older than the option
+    for key in ("kind", "block", "disentangler_repeats", "share_levels", "precondition", "skeleton"):
+        a, b = src.config.get(key, defaults.get(key)), dst.config.get(key, defaults.get(key))
+        if a != b:
+            raise ValueError(f"cannot warm-start: {key} differs ({a!r} vs {b!r})")
     sb, db = blocks(src), blocks(dst)
     n_src = 1 + max(k for _, k, _ in sb)
     n_dst = 1 + max(k for _, k, _ in db)

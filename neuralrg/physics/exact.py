@@ -1,6 +1,6 @@
 """Exact solution of the L×L torus Ising model (Kaufman 1949) and of its continuous relaxation.
 
-Conventions (see ``shared/docs/physics.md``): N = L² sites, every site bonds to its right and
+Conventions (see ``docs/conventions.md``): N = L² sites, every site bonds to its right and
 lower neighbour with periodic wrap (2N bonds; for L = 2 each neighbouring pair carries two
 bonds), H = −Σ_⟨ij⟩ s_i s_j, weight exp(−K H). ``ln`` is the natural log; ``log_z`` and
 ``continuous_log_z`` are totals, the other outputs are per site.

@@ -1,6 +1,6 @@
 """The 2D Ising model on the L×L torus and its continuous (Hubbard–Stratonovich) relaxation.
 
-Conventions (see ``shared/docs/physics.md``):
+Conventions (see ``docs/conventions.md``):
 
 * spins and fields are shaped (B, L, L); every site bonds to its right and lower neighbour;
 * H(s) = −Σ_⟨ij⟩ s_i s_j (total, not per site), Boltzmann weight exp(−K H) = exp(K Σ s_i s_j);

@@ -1,6 +1,6 @@
 """Ising observables from continuous fields x (improved estimators) or from ±1 spins.
 
-Conventions (``shared/docs/physics.md``): fields and spins are shaped (B, L, L) on the torus,
+Conventions (``docs/conventions.md``): fields and spins are shaped (B, L, L) on the torus,
 N = L², H = −Σ_⟨ij⟩ s_i s_j over the 2N right/down bonds (roll-based, so L = 2 has double
 bonds), m = Σ s_i / N. Per-sample moments are per site: ``energy`` = H/N, ``energy2`` =
 (H/N)², ``m``, ``m2`` = m², ``m4`` = m⁴ (and ``abs_m`` = |m| from spins).

@@ -1,4 +1,4 @@
-"""φ⁴ lattice field theory on the L×L torus (``shared/docs/physics.md``, "φ⁴ lattice field theory").
+"""φ⁴ lattice field theory on the L×L torus (``docs/conventions.md``, "φ⁴ lattice field theory").
 
 Conventions:
 

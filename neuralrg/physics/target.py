@@ -2,7 +2,7 @@
 of a physical model. A new model is one subclass in its own module plus one ``conf/target/``
 file; nothing else in the package names a concrete target.
 
-Conventions (``shared/docs/physics.md``):
+Conventions (``docs/conventions.md``):
 
 * fields x are real tensors shaped (B, L, L) on the L×L torus, N = L² sites;
 * ``energy(x)`` is the total E(x) (not per site) with p(x) ∝ exp(−E(x)), natural log; the

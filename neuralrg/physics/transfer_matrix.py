@@ -1,6 +1,6 @@
 """Exact row-transfer-matrix solution of Ising models with arbitrary bond couplings on the L×L torus.
 
-Conventions (``shared/docs/physics.md``): sites (i, j) with row i and column j, N = L²; every
+Conventions (``docs/conventions.md``): sites (i, j) with row i and column j, N = L²; every
 site bonds to its right and its lower neighbour with periodic wrap (2N bonds; for L = 2 each
 neighbouring pair carries two bonds, exactly as the ``torch.roll`` based energies count them).
 

@@ -1,6 +1,6 @@
 """Wolff single-cluster Monte Carlo for the uniform ferromagnetic Ising model, and exact HS samples.
 
-Conventions (``shared/docs/physics.md``): L×L torus, N = L², every site bonds to its right and
+Conventions (``docs/conventions.md``): L×L torus, N = L², every site bonds to its right and
 lower neighbour (2N bonds; for L = 2 each neighbouring pair carries two bonds, each activated
 independently, so the pair is effectively coupled by 2K as in the ``torch.roll`` energies),
 weight exp(K Σ_⟨ij⟩ s_i s_j) with K > 0. Spins are ±1 int8 arrays shaped (n_chains, L, L).
@@ -209,7 +209,7 @@ def exact_x_from_spins(target: "IsingTarget", s: torch.Tensor | np.ndarray, gene
                        dtype: torch.dtype | None = None) -> torch.Tensor:
     """Exact samples of the HS field from exact spin samples: x = A s + A^{1/2} ξ, ξ ~ N(0, I).
 
-    x | s ~ N(A s, A) (``shared/docs/physics.md``), so Boltzmann-distributed s (B, L, L) give
+    x | s ~ N(A s, A) (``docs/conventions.md``), so Boltzmann-distributed s (B, L, L) give
     exact draws from the continuous target p(x) ∝ e^{−E(x)} of ``target`` (an ``IsingTarget``,
     A applied by FFT via ``target.apply_coupling_power``). Returns (B, L, L) on s's device, in
     ``dtype`` (default: s's dtype if floating, else torch's default dtype); ``generator``

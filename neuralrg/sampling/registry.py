@@ -7,6 +7,10 @@ A sampler is one module in ``neuralrg/sampling/samplers/`` that defines ``SAMPLE
 Settings: every sampler declares the keys it takes with their defaults. ``resolve_settings``
 merges defaults < common settings (only the keys this sampler takes) < sampler-specific
 settings (unknown keys refused) and validates the values of the known keys.
+
+Targets: a sampler may apply to some targets only (Wolff: the ferromagnetic Ising model). Its
+``supports(target)`` returns None where it applies, else the reason; ``run_sampler`` refuses an
+inapplicable target with that reason, and compare mode (``pipelines.sample``) skips it.
 """
 from __future__ import annotations
 
@@ -29,7 +33,9 @@ class Sampler:
     """One sampling rule. ``run(flow, target, settings, generator) -> ChainRun``; ``flow`` may be
     None when ``needs_flow`` is False. ``defaults``: every settings key it takes, with its
     default. ``exact``: its chains sample p exactly (analysis may use it). ``validate``:
-    extra checks of its own settings (ValueError), after the common ones."""
+    extra checks of its own settings (ValueError), after the common ones. ``supports``:
+    ``supports(target)`` is None where the sampler applies to ``target``, else the reason
+    (None: every target)."""
 
     name: str
     run: RunFn
@@ -38,6 +44,7 @@ class Sampler:
     needs_flow: bool = True
     exact: bool = True
     validate: Callable[[dict[str, Any]], None] | None = field(default=None)
+    supports: Callable[[LatticeTarget], str | None] | None = field(default=None)
 
 
 def _is_int(v: Any) -> bool:
@@ -122,10 +129,25 @@ def check_common_keys(common: dict[str, Any], names: list[str]) -> None:
         raise ValueError(f"settings has unknown key(s) {unknown}; allowed: {sorted(taken)}")
 
 
+def unsupported_reason(name: str, target: LatticeTarget) -> str | None:
+    """Why sampler ``name`` does not apply to ``target`` (its ``supports``), or None if it does."""
+    spec = get_sampler(name)
+    return None if spec.supports is None else spec.supports(target)
+
+
+def check_supported(name: str, target: LatticeTarget) -> None:
+    """ValueError naming sampler, target and reason when ``name`` does not apply to ``target``."""
+    reason = unsupported_reason(name, target)
+    if reason is not None:
+        raise ValueError(f"sampler {name} does not apply to {target.describe()}: {reason}")
+
+
 def run_sampler(name: str, flow: Any, target: LatticeTarget, settings: dict[str, Any],
                 generator: torch.Generator | None = None) -> ChainRun:
-    """Run sampler ``name`` with already resolved ``settings`` (``resolve_settings``)."""
+    """Run sampler ``name`` with already resolved ``settings`` (``resolve_settings``); ValueError
+    if it does not apply to ``target`` (``check_supported``) or needs a flow and has none."""
     spec = get_sampler(name)
+    check_supported(name, target)
     if spec.needs_flow and flow is None:
         raise ValueError(f"sampler {name} needs a trained flow")
     return spec.run(flow, target, settings, generator)

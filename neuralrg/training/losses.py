@@ -1,0 +1,205 @@
+"""Training objectives of a flow q against a lattice target p ∝ e^{−E} (pure torch, no Lightning).
+
+* ``reverse_kl``: F_q = mean[ln q(x) + E(x)], x ~ q (mode seeking; the default);
+* ``flow_mcmc``: adaptive flow-MCMC (Gabrié, Rotskoff & Vanden-Eijnden, PNAS 2022):
+  (1 − w)·reverse KL + w·forward KL, the forward KL being −mean ln q(x) over the states of
+  persistent chains on p (``neuralrg.training.chains.FlowMCMCChains``), mode covering;
+  w follows a ``WeightSchedule``;
+* ``data``: maximum likelihood −mean ln q(x) on exact samples of p (``ExactIsingData``: Ising
+  relaxation only), for ``pretrain_steps`` steps, then ``after`` (reverse_kl or flow_mcmc) takes
+  over (``pretrain_steps: null``: data for the whole run).
+
+All quantities are totals over the lattice (not per site), natural log. ``LossConfig`` validates
+the ``loss:`` node of ``conf/train.yaml`` and raises ``ValueError`` naming the bad key.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+LOSS_NAMES = ("reverse_kl", "flow_mcmc", "data")
+AFTER_NAMES = ("reverse_kl", "flow_mcmc")
+SCHEDULE_NAMES = ("constant", "linear")
+
+__all__ = ["LOSS_NAMES", "WeightSchedule", "LossConfig", "reverse_kl", "forward_kl", "mixed_loss",
+           "forward_gap"]
+
+
+def reverse_kl(log_q: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+    """mean[ln q(x) + E(x)] over flow samples x (the variational free energy F_q, total)."""
+    return (log_q + energy).mean()
+
+
+def forward_kl(log_q_data: torch.Tensor) -> torch.Tensor:
+    """−mean ln q(x) over samples x of p: the forward KL(p‖q) up to the q-independent −H(p)."""
+    return -log_q_data.mean()
+
+
+def mixed_loss(reverse: torch.Tensor | None, forward: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """(1 − w)·reverse + w·forward; a term with weight 0 may be None (and is then skipped)."""
+    w = float(weight)
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"forward weight must be in [0, 1], got {w}")
+    if w < 1.0 and reverse is None:
+        raise ValueError(f"reverse-KL term missing with forward weight {w} < 1")
+    if w > 0.0 and forward is None:
+        raise ValueError(f"forward-KL term missing with forward weight {w} > 0")
+    if w == 0.0:
+        return reverse
+    if w == 1.0:
+        return forward
+    return (1.0 - w) * reverse + w * forward
+
+
+def forward_gap(log_q: torch.Tensor, energy: torch.Tensor, log_z: float) -> torch.Tensor:
+    """Estimate of KL(p‖q) = mean[−ln q(x) − E(x)] − ln Z over samples x of p (total, ≥ 0)."""
+    return (-log_q - energy).mean() - log_z
+
+
+def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"loss.{name} must be an integer >= {minimum}"
+                         f"{' or null' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def _check_float(value: Any, name: str, lo: float, hi: float, *, lo_open: bool = False,
+                 hi_open: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+    if ok:
+        v = float(value)
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"loss.{name} must be a number in {rng}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class WeightSchedule:
+    """The forward-KL weight w against the global optimizer step.
+
+    ``constant``: w = ``final`` always. ``linear``: w = ``initial`` up to step ``start``, then a
+    linear ramp to ``final`` at step ``end``, constant afterwards.
+    """
+
+    name: str = "constant"
+    final: float = 0.5
+    initial: float = 0.0
+    start: int = 0
+    end: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULE_NAMES:
+            raise ValueError(f"loss.schedule.name must be one of {SCHEDULE_NAMES}, got {self.name!r}")
+        _check_float(self.final, "forward_weight", 0.0, 1.0)
+        _check_float(self.initial, "schedule.initial", 0.0, 1.0)
+        _check_int(self.start, "schedule.start", 0)
+        _check_int(self.end, "schedule.end", 0)
+        if self.name == "linear" and self.end <= self.start:
+            raise ValueError(f"loss.schedule: a linear ramp needs end > start, got start={self.start}, "
+                             f"end={self.end}")
+
+    def __call__(self, step: int) -> float:
+        if self.name == "constant" or step >= self.end:
+            return self.final
+        if step <= self.start:
+            return self.initial
+        frac = (step - self.start) / (self.end - self.start)
+        return self.initial + frac * (self.final - self.initial)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The ``loss:`` node of ``conf/train.yaml`` (see there for each key's meaning)."""
+
+    name: str = "reverse_kl"
+    # flow_mcmc
+    forward_weight: float = 0.5
+    schedule: dict[str, Any] = field(default_factory=lambda: {"name": "constant"})
+    n_chains: int = 256
+    local_steps: int = 2
+    n_leapfrog: int = 5
+    step_size: float = 0.05
+    target_accept: float = 0.8
+    adapt_steps: int = 200
+    burn_in: int = 10
+    # data
+    data_samples: int = 4096
+    data_chains: int = 64
+    data_sweep_spacing: int = 2
+    data_warmup_sweeps: int = 20
+    data_batch_size: int | None = None
+    data_epochs: float | None = None
+    pretrain_steps: int | None = None
+    after: str = "reverse_kl"
+
+    def __post_init__(self) -> None:
+        if self.name not in LOSS_NAMES:
+            raise ValueError(f"loss.name must be one of {LOSS_NAMES}, got {self.name!r}")
+        if self.after not in AFTER_NAMES:
+            raise ValueError(f"loss.after must be one of {AFTER_NAMES}, got {self.after!r}")
+        _check_float(self.forward_weight, "forward_weight", 0.0, 1.0)
+        if not isinstance(self.schedule, dict):
+            raise ValueError(f"loss.schedule must be a mapping, got {self.schedule!r}")
+        self.weight_schedule()  # validates
+        for name, lo in (("n_chains", 2), ("local_steps", 0), ("n_leapfrog", 1), ("adapt_steps", 0),
+                         ("burn_in", 0), ("data_samples", 2), ("data_chains", 1), ("data_sweep_spacing", 1),
+                         ("data_warmup_sweeps", 1)):
+            _check_int(getattr(self, name), name, lo)
+        _check_float(self.step_size, "step_size", 0.0, math.inf, lo_open=True, hi_open=True)
+        _check_float(self.target_accept, "target_accept", 0.0, 1.0, lo_open=True, hi_open=True)
+        _check_int(self.data_batch_size, "data_batch_size", 2, allow_none=True)
+        _check_int(self.pretrain_steps, "pretrain_steps", 0, allow_none=True)
+        if self.data_epochs is not None:
+            _check_float(self.data_epochs, "data_epochs", 0.0, math.inf, lo_open=True, hi_open=True)
+            if self.pretrain_steps is not None:
+                raise ValueError("loss.data_epochs and loss.pretrain_steps exclude each other: give one")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "LossConfig":
+        """Build from a plain mapping; unknown keys raise ``ValueError``."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown loss setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def weight_schedule(self) -> WeightSchedule:
+        s = dict(self.schedule)
+        unknown = sorted(set(s) - {"name", "initial", "start", "end"})
+        if unknown:
+            raise ValueError(f"unknown loss.schedule setting(s) {unknown}; known: name, initial, start, end")
+        return WeightSchedule(name=s.get("name", "constant"), final=self.forward_weight,
+                              initial=s.get("initial", 0.0), start=s.get("start", 0), end=s.get("end", 0))
+
+    def data_steps(self, batch_size: int) -> int | None:
+        """Optimizer steps of the data phase (None: the whole run)."""
+        if self.name != "data":
+            return 0
+        if self.data_epochs is not None:
+            return max(1, math.ceil(self.data_epochs * self.data_samples / self.data_batch(batch_size)))
+        return self.pretrain_steps
+
+    def data_batch(self, batch_size: int) -> int:
+        return int(self.data_batch_size or batch_size)
+
+    def objective(self, step: int, batch_size: int) -> str:
+        """The objective of global step ``step``: "data", "reverse_kl" or "flow_mcmc"."""
+        if self.name != "data":
+            return self.name
+        n = self.data_steps(batch_size)
+        return "data" if n is None or step < n else self.after
+
+    @property
+    def uses_chains(self) -> bool:
+        return self.name == "flow_mcmc" or (self.name == "data" and self.after == "flow_mcmc")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
