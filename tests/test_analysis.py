@@ -110,7 +110,8 @@ def test_response_radius_grows_with_level_on_random_flow():
     r90 = [e["radius_90_mean"] for e in summary["levels"]]
     assert r[0] < r[1] < r[2] < r[3], r
     assert r90[0] < r90[1] < r90[2], r90
-    assert summary["fit_levels"] == [0, 1]  # levels 2+ wrap the 16×16 torus
+    assert summary["fit_levels"] == [0, 1, 2]  # levels 0–2 below the top
+    assert summary["fit_levels_unsaturated"] == [0, 1]  # levels 2+ wrap the 16×16 torus
     assert 1.5 < summary["growth_factor_rms"] < 3.5
     assert all(e["outside_cone_max_abs"] == 0.0 for e in summary["levels"])
     assert maps.shape == (f.n_levels, L, L) and len(cones) == f.n_levels
@@ -266,7 +267,8 @@ def test_landscape_diagnostics():
 EXPECTED_KEYS = {"run", "checkpoint", "created", "target", "model", "device", "dtype", "seed", "sampling",
                  "latent_levels", "mi_estimator", "level_stats", "physical_pairs", "mi_summary", "response",
                  "coarse_latents", "landscape", "figures", "timing"}
-FIGURES = {"latent_stats.png", "mutual_information.png", "response_maps.png", "top_latent_landscape.png"}
+FIGURES = {"latent_stats.png", "mutual_information.png", "response_maps.png", "top_latent_landscape.png",
+           "rg_levels.png"}
 SMALL = dict(n_chains=16, n_warmup=20, n_samples=40, n_leapfrog=5)
 
 

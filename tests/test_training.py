@@ -31,7 +31,8 @@ from neuralrg.pipelines.cli import exit_on_user_error  # noqa: E402
 from neuralrg.sampling.importance import evaluate_flow  # noqa: E402
 from neuralrg.physics.exact import exact_solution  # noqa: E402
 from neuralrg.flows import CheckerboardCoupling, PlaquetteBijector  # noqa: E402
-from neuralrg.physics.ising import IsingTarget  # noqa: E402
+from neuralrg.physics.ising import IsingTarget
+from neuralrg.physics.target import LatticeTarget  # noqa: E402
 from neuralrg.training.module import NonFiniteLossError  # noqa: E402
 from neuralrg.pipelines.train import build_module, run_training  # noqa: E402
 from neuralrg.pipelines.rundir import RunDirectoryError  # noqa: E402
@@ -243,7 +244,7 @@ def test_experiment_preset_composes(name):
     for key, value in _preset_values(name).items():
         assert OmegaConf.select(cfg, key) == value, key
     target = instantiate(cfg.target)
-    assert isinstance(target, IsingTarget) and target.L == cfg.target.L
+    assert isinstance(target, LatticeTarget) and target.L == cfg.target.L
     if target.L <= 16:  # building the 32x32 model costs more than it shows
         flow = instantiate(cfg.model)(target=target)
         assert flow.L == target.L
@@ -420,7 +421,8 @@ def test_ctrl_c_writes_interrupted_summary(tmp_path):
     assert info.value.code == 1
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "interrupted" and s["steps"] == 7
-    assert load_ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 5
+    # SIGINT writes a final checkpoint (SafetyCheckpoint): nothing done is lost
+    assert load_ckpt(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 7
     resumed = run_training(make_cfg("steps=10", "eval_every=5",
                                     f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
                                     run_dir=run_dir))

@@ -18,6 +18,7 @@ from .latents import (
     physical_pair_statistics,
     same_level_pairs,
 )
+from .rg_organisation import linear_r2, r2_top_levels, rg_organisation, structure_factor_explained
 from .mutual_information import (
     gaussian_copula_mi,
     gaussian_mi,
@@ -34,7 +35,8 @@ _LAZY = {
 __all__ = ["gaussian_copula_mi", "gaussian_mi", "ksg_mi", "mutual_information", "neighbour_pairs",
            "bimodality_coefficient", "free_energy_landscape", "coarse_latent_correlations", "latents_under_p",
            "level_moments", "level_pair_statistics", "pair_statistics", "physical_pair_statistics",
-           "same_level_pairs", *_LAZY]
+           "same_level_pairs", "linear_r2", "r2_top_levels", "rg_organisation", "structure_factor_explained",
+           *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

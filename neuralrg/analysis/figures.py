@@ -134,3 +134,62 @@ def plot_landscape(landscape: dict[str, Any], z_top: np.ndarray, m_aligned: np.n
     fig.suptitle(landscape.get("title", "collective variable landscape under p"), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_rg_levels(x: torch.Tensor, z: torch.Tensor, levels: torch.Tensor, maps: torch.Tensor,
+                   cones: Sequence[torch.Tensor | None], response: dict[str, Any], *,
+                   maps_physical: torch.Tensor | None = None, y_hierarchy: torch.Tensor | None = None
+                   ) -> plt.Figure:
+    """The RG levels side by side for one configuration (a talk figure).
+
+    Column 0: the configuration x (L, L) (and, for a preconditioned flow, y = A^{−1/2}x below
+    it). Column 1 + k: the level-k latents z (L, L) as an image on their 2^k sub-grid (sites of
+    other levels blank), then the response map of the central level-k latent (``maps`` (n, L, L),
+    cone outlined) and, when given, its response on x (``maps_physical``).
+    """
+    lv = levels.cpu()
+    n = int(lv.max()) + 1
+    rows = 2 + (maps_physical is not None)
+    fig, axes = plt.subplots(rows, n + 1, figsize=(2.3 * (n + 1), 2.4 * rows), squeeze=False)
+    xx = x.detach().cpu().double().numpy()
+    vx = max(1e-12, float(np.abs(xx).max()))
+    axes[0][0].imshow(xx, cmap="RdBu_r", vmin=-vx, vmax=vx, interpolation="nearest")
+    axes[0][0].set_title("configuration x", fontsize=8)
+    if y_hierarchy is not None:
+        yy = y_hierarchy.detach().cpu().double().numpy()
+        vy = max(1e-12, float(np.abs(yy).max()))
+        axes[1][0].imshow(yy, cmap="RdBu_r", vmin=-vy, vmax=vy, interpolation="nearest")
+        axes[1][0].set_title("y = A^{-1/2} x\n(hierarchy input)", fontsize=8)
+    zz = z.detach().cpu().double().numpy()
+    space = response.get("space", "x")
+    for k in range(n):
+        d = 2 ** k  # the top level (k = depth) fills its 2^depth-spaced grid
+        sub = np.where(lv.numpy() == k, zz, np.nan)[::d, ::d]
+        ax = axes[0][k + 1]
+        ax.imshow(np.ma.masked_invalid(sub), cmap="RdBu_r", vmin=-3, vmax=3, interpolation="nearest")
+        ax.set_title(f"latents level {k}" + (" (top)" if k == n - 1 else "") + f"\n{d}-spaced grid", fontsize=8)
+        e = response["levels"][k]
+        for row, m_, name in ((1, maps[k], space), (2, None if maps_physical is None else maps_physical[k], "x")):
+            if row >= rows or m_ is None:
+                continue
+            m = m_.detach().cpu().double().numpy()
+            vmax = max(1e-12, float(np.abs(m).max()))
+            a = axes[row][k + 1]
+            a.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+            if row == 1 and cones[k] is not None and not bool(cones[k].all()):
+                a.contour(cones[k].numpy().astype(float), levels=[0.5], colors="k", linewidths=0.7)
+            i, j = response["sites"][k]
+            a.plot([j], [i], "x", color="lime", ms=6, mew=2)
+            a.set_title(f"∂{name}/∂z, level {k}" + (f"\nr_rms = {e['radius_rms_mean']:.2f}" if row == 1 else ""),
+                        fontsize=8)
+    for row in axes:
+        for ax in row:
+            ax.set_xticks([]), ax.set_yticks([])
+            if not ax.images:
+                ax.axis("off")
+    g = response.get("growth_factor_rms")
+    fig.suptitle("RG levels: configuration, latents per level, response of the central latent "
+                 f"(linear colour, own scale per panel); radius growth per level on {space}: "
+                 f"{'n/a' if g is None else format(g, '.2f')}", fontsize=9)
+    fig.tight_layout()
+    return fig

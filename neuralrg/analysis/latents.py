@@ -181,9 +181,9 @@ def coarse_latent_correlations(z: torch.Tensor, m: torch.Tensor | np.ndarray, e:
                                levels: torch.Tensor, n_top_levels: int = 2, max_sites: int = 16) -> dict[str, Any]:
     """What the coarsest latents encode: correlations with m and the energy per site.
 
-    z (M, L, L) latents of configurations y = g(z) (``latents_under_p``); m (M,) and e (M,) the
-    order parameter and energy per site of each y (the target's ``observables(y)["m"]`` and
-    ``["energy"]``; improved estimators for Ising). For each of the ``n_top_levels``
+    z (M, L, L) latents of configurations y = g(z) (``latents_under_p``: y is the physical x,
+    sign-aligned for Z2 flows); m (M,) and e (M,) the order parameter and energy per site of
+    each y (the target's ``observables(y)["m"]`` and ``["energy"]``; improved estimators for Ising). For each of the ``n_top_levels``
     coarsest levels and each of its first ``max_sites`` sites (row-major): corr(z, m),
     corr(|z|, |m|), corr(z, e), corr(|z|, e). m is Z2-odd and e even: under the Z2-symmetric p
     the sign of corr(z, m) is a convention of the flow (|corr| is what matters) and the energy
@@ -216,5 +216,7 @@ def coarse_latent_correlations(z: torch.Tensor, m: torch.Tensor | np.ndarray, e:
     F = np.column_stack(feats)
     return {"levels": per_level, "r2_m_linear": _r2(F, m), "r2_energy_quadratic": _r2(np.hstack([F, F ** 2]), e),
             "n_samples": int(len(m)), "m_mean_abs": float(np.abs(m).mean()), "energy_mean": float(e.mean()),
-            "note": "m and e: the target's per-site observables of y = g(z) (for Ising E[m|y], E[H|y]/N); "
-                    "sign of corr(z, m) is a Z2 convention"}
+            "note": "m and e: the target's per-site observables of the physical field x in the flow's sign "
+                    "convention (x for a plain flow, sigma*x for a Z2 flow; = g(z) of the whole flow, preconditioner "
+                    "included, not A^{-1/2}x); Ising: E[m|x] = mean tanh x, E[H|x]/N; sign of corr(z, m) is a "
+                    "Z2 convention"}

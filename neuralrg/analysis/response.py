@@ -16,8 +16,15 @@ diagonal ∂x_j/∂z_j dominates w and hides how far the induced changes reach).
 radii grow like 2^k until the cone wraps around the torus ("saturated").
 
 For a flow that ends with the fixed ``GaussianPreconditioner`` (x = A^{1/2} y), responses and
-cones are those of the learned hierarchy's output y: the fixed, non-local A^{1/2} is left out,
-so "x" above means y there.
+cones are by default those of the learned hierarchy's output y: the fixed, non-local A^{1/2} is
+left out, so "x" above means y there. ``physical=True`` measures ∂x/∂z_j of the physical
+field instead (A^{1/2} included; no causal cone then, as A^{1/2} couples every site). The
+fixed Haar skeleton (``skeleton="haar"``) mixes only within decimator plaquettes, so the
+cones are unchanged by it.
+
+Growth factor: b from the least-squares fit log2 r_k = a + k log2 b over ``fit_levels`` = the
+levels 0 … min(2, top − 1) (the top latent is a zero mode, not a local response); the fit over
+the unsaturated levels (cone smaller than the torus) is kept as ``growth_factor_rms_unsaturated``.
 """
 from __future__ import annotations
 
@@ -60,6 +67,15 @@ def hierarchy_forward(flow: Any, z: torch.Tensor) -> torch.Tensor:
     return z
 
 
+def has_preconditioner(flow: Any) -> bool:
+    """Whether the flow ends with the fixed ``GaussianPreconditioner``."""
+    return len(hierarchy_layers(flow)) != len(list(flow.flows))
+
+
+def _forward(flow: Any, physical: bool):
+    return (lambda v: flow.forward_and_log_det(v)[0]) if physical else (lambda v: hierarchy_forward(flow, v))
+
+
 def causal_cone(flow: Any, site: Sequence[int]) -> torch.Tensor | None:
     """Bool (L, L): the sites x may depend on z[site]; None unless every layer is a plaquette layer."""
     L = flow.L
@@ -76,9 +92,9 @@ def causal_cone(flow: Any, site: Sequence[int]) -> torch.Tensor | None:
 
 
 def jacobian_columns(flow: Any, z: torch.Tensor, sites: Sequence[Sequence[int]],
-                     batch_size: int = 256) -> torch.Tensor:
+                     batch_size: int = 256, physical: bool = False) -> torch.Tensor:
     """∂x/∂z_j at x = g(z) for each site j in ``sites``: shape (len(sites), L, L) (∂y/∂z_j for a
-    preconditioned flow, see the module docstring).
+    preconditioned flow unless ``physical``, see the module docstring).
 
     z: one latent configuration, (L, L) or (1, L, L). Computed with forward-mode AD; the
     result is detached, in the flow's dtype and on its device. Z2 sign flips are not applied.
@@ -97,7 +113,7 @@ def jacobian_columns(flow: Any, z: torch.Tensor, sites: Sequence[Sequence[int]],
         for b, (i, j) in enumerate(chunk):
             tangent[b, int(i), int(j)] = 1.0
         primal = z0.expand(len(chunk), L, L).contiguous()
-        _, dx = torch.func.jvp(lambda v: hierarchy_forward(flow, v), (primal,), (tangent,))
+        _, dx = torch.func.jvp(_forward(flow, physical), (primal,), (tangent,))
         cols.append(dx.detach())
     return torch.cat(cols)
 
@@ -150,10 +166,27 @@ def _extent(mask: torch.Tensor) -> tuple[int, int]:
     return int(mask.any(dim=1).sum()), int(mask.any(dim=0).sum())
 
 
+def _nan_stat(fn: Any, values: list[float]) -> float:
+    """``fn`` (nanmean/nanstd) without the warning when every value is NaN (delta responses)."""
+    v = np.asarray(values, dtype=float)
+    return float(fn(v)) if np.isfinite(v).any() else math.nan
+
+
+def _growth(per_level: list[dict[str, Any]], levels: list[int], key: str) -> float | None:
+    ks = np.array(levels, dtype=float)
+    rs = np.array([per_level[k][key] for k in levels], dtype=float)
+    ok = np.isfinite(rs) & (rs > 1e-9)  # a delta response has radius 0 up to rounding
+    if ok.sum() < 2:
+        return None
+    return float(2.0 ** np.polyfit(ks[ok], np.log2(rs[ok]), 1)[0])
+
+
 def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs: int = 4,
-                      seed: int = 0) -> tuple[dict[str, Any], torch.Tensor, list[torch.Tensor | None]]:
+                      seed: int = 0, physical: bool = False, max_fit_level: int = 2
+                      ) -> tuple[dict[str, Any], torch.Tensor, list[torch.Tensor | None]]:
     """Response maps for one central latent per level at the configuration g(z[0]), and radii
     averaged over ``n_latents`` random latents per level × the first ``n_configs`` configurations.
+    ``physical``: responses of x itself (A^{1/2} included; cones None for a preconditioned flow).
 
     z: latents (M, L, L) of samples of p. Returns (summary, maps (n_levels, L, L), cones): the
     summary has "sites", per-level entries {"level", "site", "radius_rms_mean", "radius_rms_sd",
@@ -161,8 +194,9 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
     "example_radius_rms", "example_radius_90", "n_responses", "cone_sites", "cone_extent"
     [rows, cols], "saturated", "outside_cone_max_abs", "inside_cone_nonzero"}, and the fitted
     growth factors b of radius ∝ b^k (growth_factor_rms, _90, _rms_offsite) over "fit_levels":
-    the unsaturated levels below the top (all levels below the top when fewer than two are
-    unsaturated).
+    levels 0 … min(``max_fit_level``, top − 1); and growth_factor_rms_unsaturated over
+    "fit_levels_unsaturated" (the unsaturated levels below the top, all below the top when
+    fewer than two are unsaturated). "space" says what was differentiated ("y" or "x").
     """
     for name, v in (("n_latents", n_latents), ("n_configs", n_configs)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -172,8 +206,9 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
     n_levels = int(levels.max()) + 1
     gen = torch.Generator().manual_seed(int(seed))
     sites = [central_site(levels, k) for k in range(n_levels)]
-    maps = jacobian_columns(flow, z[0], sites)
-    cones = [causal_cone(flow, s) for s in sites]
+    maps = jacobian_columns(flow, z[0], sites, physical=physical)
+    through_a = physical and has_preconditioner(flow)
+    cones = [None if through_a else causal_cone(flow, s) for s in sites]
     ex = response_radius(maps)
 
     n_cfg = min(int(n_configs), z.shape[0])
@@ -186,7 +221,7 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
     radii: dict[str, list[list[float]]] = {key: [[] for _ in range(n_levels)] for key in ("rms", "90", "offsite")}
     idx = torch.tensor(batch_sites)
     for c in range(n_cfg):
-        cols = jacobian_columns(flow, z[c], batch_sites)
+        cols = jacobian_columns(flow, z[c], batch_sites, physical=physical)
         rr = response_radius(cols)
         off = cols.clone()
         ii = idx.to(off.device)
@@ -205,8 +240,8 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
             "level": k, "site": list(sites[k]),
             "radius_rms_mean": float(np.mean(radii["rms"][k])), "radius_rms_sd": float(np.std(radii["rms"][k])),
             "radius_90_mean": float(np.mean(radii["90"][k])), "radius_90_sd": float(np.std(radii["90"][k])),
-            "radius_rms_offsite_mean": float(np.nanmean(radii["offsite"][k])),
-            "radius_rms_offsite_sd": float(np.nanstd(radii["offsite"][k])),
+            "radius_rms_offsite_mean": _nan_stat(np.nanmean, radii["offsite"][k]),
+            "radius_rms_offsite_sd": _nan_stat(np.nanstd, radii["offsite"][k]),
             "example_radius_rms": float(ex["radius_rms"][k]), "example_radius_90": float(ex["radius_fraction"][k]),
             "n_responses": len(radii["rms"][k]),
         }
@@ -217,28 +252,25 @@ def response_analysis(flow: Any, z: torch.Tensor, n_latents: int = 8, n_configs:
                          inside_cone_nonzero=int((m[cone] != 0).sum()))
         per_level.append(entry)
 
-    below_top = [e for e in per_level if e["level"] < n_levels - 1]
-    fit_levels = [e["level"] for e in below_top if e.get("saturated") is False]
-    if len(fit_levels) < 2:
-        fit_levels = [e["level"] for e in below_top]
-    growth = {}
-    for key in ("radius_rms_mean", "radius_90_mean", "radius_rms_offsite_mean"):
-        ks = np.array(fit_levels, dtype=float)
-        rs = np.array([per_level[k][key] for k in fit_levels])
-        ok = np.isfinite(rs) & (rs > 0)
-        if ok.sum() >= 2:
-            slope = np.polyfit(ks[ok], np.log2(rs[ok]), 1)[0]
-            growth[key.replace("_mean", "")] = float(2.0 ** slope)
-        else:
-            growth[key.replace("_mean", "")] = None
+    below_top = [e["level"] for e in per_level if e["level"] < n_levels - 1]
+    fit_levels = [k for k in below_top if k <= int(max_fit_level)]
+    unsat = [k for k in below_top if per_level[k].get("saturated") is False]
+    unsat = unsat if len(unsat) >= 2 else below_top
+    growth = {key: _growth(per_level, fit_levels, key + "_mean")
+              for key in ("radius_rms", "radius_90", "radius_rms_offsite")}
+    space = "x" if through_a or not has_preconditioner(flow) else "y"
     summary = {
         "sites": [list(s) for s in sites], "levels": per_level,
         "growth_factor_rms": growth["radius_rms"], "growth_factor_90": growth["radius_90"],
         "growth_factor_rms_offsite": growth["radius_rms_offsite"],
         "fit_levels": fit_levels, "expected_growth_factor": 2.0,
+        "growth_factor_rms_unsaturated": _growth(per_level, unsat, "radius_rms_mean"),
+        "fit_levels_unsaturated": unsat,
+        "space": space,
         "n_latents": int(n_latents), "n_configs": n_cfg,
-        "definition": "response ∂x/∂z_j at x = g(z), z from samples of p; radius_rms = RMS minimum-image "
-                      "distance from the circular centre weighted by (∂x_i/∂z_j)^2; radius_90 = radius "
-                      "holding 90% of the squared response; growth factor b from log2 r = a + k log2 b",
+        "definition": f"response ∂{space}/∂z_j at x = g(z) (y = A^{{-1/2}}x, the learned hierarchy's output, "
+                      "for a preconditioned flow), z from samples of p; radius_rms = RMS minimum-image distance "
+                      "from the circular centre weighted by the squared response; radius_90 = radius holding "
+                      "90% of it; growth factor b from log2 r = a + k log2 b over fit_levels",
     }
     return summary, maps, cones

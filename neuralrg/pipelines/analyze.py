@@ -5,7 +5,7 @@ flow-Metropolis, ``auto`` = flow-Metropolis when a short probe reaches a decent 
 an existing ``samples.npz`` from ``sample.py``; never raw flow samples), computes the latents
 z = g⁻¹(x) (``latents.latents_under_p``) and writes to ``out_dir`` (default
 ``<run>/analysis/<timestamp>/``) the figures latent_stats.png, mutual_information.png,
-response_maps.png, top_latent_landscape.png and ``analysis.json`` (written last: a directory
+response_maps.png, top_latent_landscape.png, rg_levels.png and ``analysis.json`` (written last: a directory
 with it is complete). With ``logger="wandb"`` (analyze.py: ``log_to=wandb``) the headline numbers
 (``scalar_metrics``) and the figures also go to a W&B run in ``out_dir/wandb`` — offline unless
 ``wandb.mode``/WANDB_MODE say otherwise; any W&B failure is only a warning. Non-finite numbers
@@ -27,9 +27,20 @@ are written as null. Keys of analysis.json:
   is ≤ 0;
 * response: ``response.response_analysis`` summary (sites, per-level radii ± sd, cone size and
   saturation, outside_cone_max_abs (exactly 0 by construction), growth_factor_rms,
-  growth_factor_90, growth_factor_rms_offsite, fit_levels, expected_growth_factor 2);
+  growth_factor_90, growth_factor_rms_offsite over fit_levels 0 … min(2, top − 1),
+  growth_factor_rms_unsaturated, expected_growth_factor 2, space): responses of the learned
+  hierarchy's output (y = A^{−1/2}x for a preconditioned flow, else x);
+* response_physical: the same for ∂x/∂z of the physical field (A^{1/2} included, no cones);
+  null for a flow without preconditioner (there ``response`` is already on x);
 * coarse_latents: ``latents.coarse_latent_correlations`` (corr of the top two levels' latents
   with m and the energy per site, |corr| and the Z2 note, R² of m and e on them);
+* rg_organisation: ``rg_organisation.rg_organisation`` (R²(m | top 1, 2 levels), fraction of
+  S(0) and S(k_min) explained linearly by the top 1, 2 levels, per-level MI ratio physical nn /
+  same-level latents, radii and growth on y and x).
+
+m and e everywhere are the target's observables of the physical field x (Ising: improved
+E[m|x], E[H|x]/N) in the flow's sign convention: x itself for a plain flow, σx for a Z2 flow
+(σ from ``latents_under_p``); never of the pre-preconditioner field A^{−1/2}x.
 * landscape: {variable, top_latent: free_energy_landscape of z at site (0, 0) (the coarsest
   latent), magnetisation: the same for m = E[m|x] (the physical order parameter, reference),
   note};
@@ -55,11 +66,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..analysis.figures import plot_landscape, plot_latent_stats, plot_mutual_information, plot_response_maps
+from ..analysis.figures import (plot_landscape, plot_latent_stats, plot_mutual_information, plot_response_maps,
+                                plot_rg_levels)
 from ..analysis.landscape import free_energy_landscape
 from ..analysis.latents import (MI_METHODS, coarse_latent_correlations, latents_under_p, level_moments,
                                 level_pair_statistics, physical_pair_statistics)
-from ..analysis.response import response_analysis
+from ..analysis.response import has_preconditioner, response_analysis
+from ..analysis.rg_organisation import rg_organisation
 from ..checkpoint import load_flow, resolve_checkpoint, target_summary
 from ..plotting import save_figure
 from ..sampling.registry import available, resolve_settings, run_sampler
@@ -75,7 +88,8 @@ DEFAULT_SETTINGS: dict[str, Any] = dict(n_chains=64, n_warmup=100, n_samples=200
 DEFAULT_MI: dict[str, Any] = dict(methods=["ksg", "gaussian_copula"], k=3, max_samples=4000)
 DEFAULT_RESPONSE: dict[str, Any] = dict(n_latents=8, n_configs=4)
 DEFAULT_LANDSCAPE: dict[str, Any] = dict(bins=60, grid_points=201)
-FIGURES = ("latent_stats.png", "mutual_information.png", "response_maps.png", "top_latent_landscape.png")
+FIGURES = ("latent_stats.png", "mutual_information.png", "response_maps.png", "top_latent_landscape.png",
+           "rg_levels.png")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -178,8 +192,9 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
     """All statistics for exact samples x ~ p (M, L, L) of ``flow``'s target.
 
     Returns (results, arrays): results are the analysis.json sections level_stats,
-    physical_pairs, mi_estimator, mi_summary, latent_levels, response, coarse_latents,
-    landscape, timing; arrays hold what the figures need (z, y, maps, cones, z_top, m_aligned).
+    physical_pairs, mi_estimator, mi_summary, latent_levels, response, response_physical,
+    coarse_latents, rg_organisation, landscape, timing; arrays hold what the figures need (z, y,
+    maps, maps_physical, cones, z_top, m_aligned, y_hierarchy).
     """
     mi = _merged(DEFAULT_MI, mi, "mi")
     response = _merged(DEFAULT_RESPONSE, response, "response")
@@ -210,13 +225,18 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
     timing["statistics_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    resp, maps, cones = response_analysis(flow, z, n_latents=int(response["n_latents"]),
-                                          n_configs=int(response["n_configs"]), seed=int(seed))
+    rkw = dict(n_latents=int(response["n_latents"]), n_configs=int(response["n_configs"]), seed=int(seed))
+    resp, maps, cones = response_analysis(flow, z, **rkw)
+    resp_x, maps_x = None, None
+    if has_preconditioner(flow):
+        resp_x, maps_x, _ = response_analysis(flow, z, physical=True, **rkw)
     timing["response_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    obs_y = flow.target.observables(y_cpu.double())
+    obs_y = flow.target.observables(y_cpu.double())  # y: x in the flow's sign convention (= x without Z2)
     coarse = coarse_latent_correlations(z_cpu, obs_y["m"], obs_y["energy"], levels)
+    rg = rg_organisation(z_cpu, y_cpu, obs_y["m"], levels, level_pairs=pairs, physical_pairs=physical,
+                         method=methods[0], response=resp, response_physical=resp_x)
     z_top = z_cpu[:, 0, 0].double().numpy()
     m_x = flow.target.observables(x_cpu.double())["m"].numpy()
     m_y = obs_y["m"].numpy()
@@ -241,17 +261,21 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
         "physical_pairs": physical,
         "mi_summary": _mi_summary(pairs, physical, methods),
         "response": resp,
+        "response_physical": resp_x,
         "coarse_latents": coarse,
+        "rg_organisation": rg,
         "landscape": land,
         "timing": timing,
     }
+    y_hier = (flow.target.apply_coupling_power(y_cpu[:1].double(), -0.5)[0] if has_preconditioner(flow) else None)
     arrays = {"z": z_cpu, "y": y_cpu, "levels": levels, "maps": maps.detach().cpu(), "cones": cones,
+              "maps_physical": None if maps_x is None else maps_x.detach().cpu(), "y_hierarchy": y_hier,
               "z_top": z_top, "m_aligned": m_y}
     return results, arrays
 
 
 def write_figures(out: Path, results: dict[str, Any], arrays: dict[str, Any]) -> list[str]:
-    """The four PNG figures into ``out``; returns their file names."""
+    """The PNG figures (``FIGURES``) into ``out``; returns their file names."""
     methods = results["mi_estimator"]["methods"]
     figs = {
         "latent_stats.png": plot_latent_stats(results["level_stats"], arrays["z"], arrays["levels"]),
@@ -260,6 +284,9 @@ def write_figures(out: Path, results: dict[str, Any], arrays: dict[str, Any]) ->
             results["physical_pairs"], methods),
         "response_maps.png": plot_response_maps(arrays["maps"], arrays["cones"], results["response"]),
         "top_latent_landscape.png": plot_landscape(results["landscape"], arrays["z_top"], arrays["m_aligned"]),
+        "rg_levels.png": plot_rg_levels(arrays["y"][0], arrays["z"][0], arrays["levels"], arrays["maps"],
+                                        arrays["cones"], results["response"], maps_physical=arrays["maps_physical"],
+                                        y_hierarchy=arrays["y_hierarchy"]),
     }
     for name, fig in figs.items():
         save_figure(fig, out / name)
@@ -309,6 +336,21 @@ def scalar_metrics(result: dict[str, Any]) -> dict[str, float]:
     out["response/growth_factor_90"] = result["response"]["growth_factor_90"]
     out["response/growth_factor_rms_offsite"] = result["response"]["growth_factor_rms_offsite"]
     out["coarse/r2_m_linear"] = result["coarse_latents"]["r2_m_linear"]
+    out["response/fit_levels_max"] = max(result["response"]["fit_levels"], default=None)
+    if result.get("response_physical"):
+        out["response_x/growth_factor_rms"] = result["response_physical"]["growth_factor_rms"]
+        for e in result["response_physical"]["levels"]:
+            out[f"response_x/level{e['level']}/radius_rms"] = e["radius_rms_mean"]
+    rg = result.get("rg_organisation")
+    if rg:
+        for k, v in rg["r2_m_top_levels"].items():
+            out[f"rg/r2_m_{k}"] = v
+        for k, v in rg["structure_factor_explained"].items():
+            if v:
+                out[f"rg/sk0_fraction_{k}"] = v["k0"]["fraction"]
+                out[f"rg/skmin_fraction_{k}"] = v["kmin"]["fraction"]
+        for k, v in enumerate(rg["mi"]["ratio_physical_nn_over_latent_per_level"]):
+            out[f"rg/level{k}/mi_ratio_physical_nn_over_latent"] = v
     out["coarse/top_max_abs_corr_m"] = result["coarse_latents"]["levels"][0]["max_abs_corr_m"]
     for key in ("top_latent", "magnetisation"):
         out[f"landscape/{key}/bimodality_coefficient"] = result["landscape"][key]["bimodality_coefficient"]
@@ -442,6 +484,20 @@ def format_report(result: dict[str, Any]) -> str:
     lines.append(f"coarsest latents: max |corr(z_top, m)| = {fmt(c['levels'][0]['max_abs_corr_m'], '.3f')}, "
                  f"R²(m | top levels) = {fmt(c['r2_m_linear'], '.3f')}, "
                  f"R²(e | top levels, quadratic) = {fmt(c['r2_energy_quadratic'], '.3f')}")
+    rg = result.get("rg_organisation")
+    if rg:
+        rx = result.get("response_physical")
+        lines.append(f"RG organisation: radius growth on {r.get('space', 'y')} {fmt(r['growth_factor_rms'], '.2f')}"
+                     + (f", on x {fmt(rx['growth_factor_rms'], '.2f')}" if rx else "")
+                     + f" (levels {r['fit_levels']}); R²(m | top 1, 2 levels) = "
+                     + ", ".join(fmt(rg["r2_m_top_levels"][k], ".3f") for k in ("top1", "top2")))
+        sk = rg["structure_factor_explained"]
+        lines.append("  S(k) explained linearly by top 1, 2 levels: k = 0: "
+                     + ", ".join(fmt(sk[k]["k0"]["fraction"] if sk[k] else None, ".3f") for k in ("top1", "top2"))
+                     + "; |k| = 2π/L: "
+                     + ", ".join(fmt(sk[k]["kmin"]["fraction"] if sk[k] else None, ".3f") for k in ("top1", "top2"))
+                     + "; MI ratio physical nn / latent per level: "
+                     + ", ".join(fmt(v, ".1f") for v in rg["mi"]["ratio_physical_nn_over_latent_per_level"]))
     lt, lm = result["landscape"]["top_latent"], result["landscape"]["magnetisation"]
     lines.append(f"landscape z_top: BC = {fmt(lt['bimodality_coefficient'], '.3f')}, ρ(0)/ρmax = "
                  f"{fmt(lt['density_ratio_at_zero'], '.3f')};  m: BC = {fmt(lm['bimodality_coefficient'], '.3f')}, "

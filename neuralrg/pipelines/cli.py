@@ -21,10 +21,9 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except InstantiationException as exc:  # a config object's constructor refused its arguments
-        cause = exc.__cause__
-        where = f" (config: {exc.full_key})" if getattr(exc, "full_key", None) else ""
-        msg = f"{cause}{where}" if isinstance(cause, ValueError) else " ".join(str(exc).split())
-        print(f"error: {msg}", file=sys.stderr)
+        from .validate import instantiation_message
+
+        print(f"error: {instantiation_message(exc)}", file=sys.stderr)
         sys.exit(1)
     except (ValueError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,34 @@ def check_run_dir(run_dir: str | Path, ckpt_path: str | None) -> None:
         return
     raise RunDirectoryError(
         f"run directory {run_dir} already holds a run ({taken[0].name} exists); choose another "
-        "hydra.run.dir, or resume that run with ckpt_path=<run dir>/checkpoints/last.ckpt")
+        f"hydra.run.dir, or continue that run with resume={run_dir}")
 
 
 class RunDirGuard(Callback):
-    """Hydra callback: refuse (one line on stderr, exit status 1) to start a run whose
-    ``hydra.run.dir`` already holds a run. DDP ranks > 0 share rank 0's directory and skip it."""
+    """Hydra callback, before hydra writes anything: refuse (one line on stderr, exit status 1)
+    a run whose ``hydra.run.dir`` already holds a run, or whose config cannot train
+    (``validate.check_training_config``: no Lightning import, seconds). With ``resume=<run dir>``
+    the job runs in that directory (hydra's own files under ``.hydra/resume-<time>``) and the
+    resumed config is checked the same way. DDP ranks > 0 share rank 0's directory and skip it."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         if launched_rank() != 0:
             return
+        from omegaconf import read_write
+
+        from .resume import resume_config
+        from .validate import check_training_config
+
         try:
-            check_run_dir(str(config.hydra.run.dir), config.get("ckpt_path"))
-        except RunDirectoryError as exc:
+            if config.get("resume"):
+                resumed, _ = resume_config(config, list(config.hydra.overrides.task))
+                with read_write(config.hydra):
+                    config.hydra.run.dir = str(resumed.paths.run_dir)
+                    config.hydra.output_subdir = f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+                check_training_config(resumed)
+            else:
+                check_run_dir(str(config.hydra.run.dir), config.get("ckpt_path"))
+                check_training_config(config)
+        except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(1) from None

@@ -28,12 +28,13 @@ from ..checkpoint import load_flow, resolve_checkpoint, target_summary
 from ..plotting import plot_configurations, plot_latent_levels, plot_traces, save_figure
 from ..physics.statistics import autocorrelation
 from ..sampling.chains import ChainRun, summarize_run
-from ..sampling.importance import draw_log_weights, variational_summary
-from ..sampling.registry import available, check_common_keys, get_sampler, resolve_settings, run_sampler
+from ..sampling.importance import draw_log_weights, format_is_estimate, variational_summary
+from ..sampling.registry import (available, check_common_keys, check_supported, get_sampler, resolve_settings,
+                                 run_sampler, unsupported_reason)
 from ..spec import dtype_name
 from .runs import resolve_device, run_output_dir
 
-COMPARE = ("latent_hmc", "physical_hmc", "flow_metropolis")
+COMPARE = ("latent_hmc", "physical_hmc", "flow_metropolis", "wolff")
 HEAVY_TAIL_ESS = 0.1  # flow-Metropolis runs below this importance-sampling ESS/M get a warning
 
 
@@ -103,6 +104,7 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
     out = Path(out_dir) if out_dir else run_output_dir(run, "sampling")
     _check_out_dir(out)
     gen = torch.Generator(device=flow.device).manual_seed(seed)
+    skipped, samplers = applicable_samplers(samplers, target)
 
     results: dict[str, Any] = {}
     runs: dict[str, ChainRun] = {}
@@ -116,6 +118,8 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
         "seed": seed, "settings": settings, "per_sampler": per_sampler or {}, "resolved_settings": resolved,
         "symmetrized": flow.z2, "trained_with_z2": trained_z2, "samplers": results,
     }
+    if skipped:
+        summary["skipped"] = skipped
     if importance_samples:
         # the density as trained, and (if trained without Z2) the symmetrised one: reverse KL
         # tends to cover one sign of m, and then the plain ln Ẑ misses ln 2
@@ -143,6 +147,20 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
     _atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=float)))
     summary["out_dir"] = str(out)
     return summary
+
+
+def applicable_samplers(samplers: list[str], target: Any) -> tuple[dict[str, str], list[str]]:
+    """({name: reason} of the samplers that do not apply to ``target``, the others in order).
+
+    One sampler (single mode) that does not apply is a ValueError; in a comparison (several)
+    those are skipped, but at least one must apply."""
+    if len(samplers) == 1:
+        check_supported(samplers[0], target)
+    skipped = {n: r for n in samplers if (r := unsupported_reason(n, target)) is not None}
+    kept = [n for n in samplers if n not in skipped]
+    if not kept:
+        raise ValueError(f"none of the samplers {samplers} applies to {target.describe()}: {skipped}")
+    return skipped, kept
 
 
 def importance_summary(flow: Any, n_samples: int, generator: torch.Generator) -> dict[str, float]:
@@ -188,6 +206,8 @@ def format_table(summary: dict[str, Any]) -> str:
     rows.append(("" if exact_e is None else f"exact {head.replace('_', ' ')}: {exact_e:.6f}   ")
                 + "('>': τ_int window not converged, lower bound;\n"
                 "'*': so the error bar is too small and the deviation in σ overstated — run longer chains)")
+    for name, reason in summary.get("skipped", {}).items():
+        rows.append(f"skipped {name}: {reason}")
     if heavy_tails is not None:
         rows.append(f"† flow Metropolis: importance weights are heavy tailed (ESS/M = {heavy_tails:.3g} < "
                     f"{HEAVY_TAIL_ESS}); chains hold rare high-weight states for long stretches, so a run this "
@@ -196,12 +216,9 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def format_importance(summary: dict[str, Any]) -> str:
-    """The importance-sampling lines (ln Z/N with the exact value where the target has one, ESS/M)."""
+    """The importance-sampling lines (``sampling.importance.format_is_estimate``)."""
     lines = []
     for key, label in (("importance_sampling", "flow"), ("importance_sampling_z2", "Z2-symmetrised flow")):
         if key in summary:
-            s = summary[key]
-            exact = f" (exact {-s['exact_free_energy_per_site']:.6f})" if "exact_free_energy_per_site" in s else ""
-            lines.append(f"{label} importance sampling: ln Z/N = {s['is_log_z_per_site']:.6f} ± "
-                         f"{s['is_log_z_per_site_err']:.6f}{exact}, ESS/M = {s['ess_fraction']:.4f}")
+            lines.append(f"{label} importance sampling: {format_is_estimate(summary[key])}")
     return "\n".join(lines)

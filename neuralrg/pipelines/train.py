@@ -37,12 +37,14 @@ from pytorch_lightning.loggers import WandbLogger
 from ..checkpoint import META_KEY, CheckpointError, flow_metadata, load_flow, read_checkpoint, target_summary
 from ..flows import transfer_mera_weights
 from ..physics.target import same_spec
-from ..sampling.importance import evaluate_flow
+from ..sampling.importance import evaluate_flow, format_is_estimate
 from ..spec import parse_dtype
 from ..training.data import StepIndices
 from ..training.module import FIT_FINGERPRINTS_KEY, FIT_STEP_KEY, FlowModule, NonFiniteLossError, ignore_known_warnings
+from .resume import record_resume, resume_config
 from .rundir import RunDirectoryError, check_run_dir, launched_rank
 from .tracking import close_run
+from .validate import check_training_config
 
 __all__ = ["run_training", "build_module", "build_trainer", "final_evaluation", "format_summary",
            "RunDirectoryError", "NonFiniteLossError"]
@@ -75,7 +77,7 @@ def build_module(cfg: DictConfig) -> FlowModule:
         flow, instantiate(cfg.optimizer), OmegaConf.to_container(cfg.scheduler, resolve=True),
         total_steps=cfg.steps, batch_size=cfg.batch_size, grad_clip=cfg.grad_clip,
         path_gradient=cfg.path_gradient, eval_every=cfg.eval_every, eval_samples=cfg.eval_samples,
-        seed=cfg.seed, config=container)
+        seed=cfg.seed, config=container, loss=container.get("loss"))
 
 
 def warm_start(flow: Any, init_from: str, *, resuming: bool = False) -> None:
@@ -100,7 +102,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callbac
     cbs = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     precision = "64-true" if cfg.dtype == "float64" else "32-true"
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=cbs + list(callbacks),
-                       default_root_dir=str(run_dir), max_steps=cfg.steps, precision=precision)
+                       default_root_dir=str(run_dir), max_steps=cfg.steps, precision=precision,
+                       max_epochs=math.ceil(cfg.steps / cfg.steps_per_epoch))  # the progress bar's total
 
 
 def final_evaluation(flow: Any, n_samples: int) -> dict[str, Any]:
@@ -151,16 +154,25 @@ def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], failed: bool) ->
             close_run(lg.experiment, {k: v for k, v in summary.items() if k != "exact"}, failed=failed)
 
 
-def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
+def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
+                 overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Train as configured; returns the summary (also written to <run_dir>/summary.json).
 
-    ``callbacks`` are added to the configured ones. Raises ``RunDirectoryError`` if the run
+    ``callbacks`` are added to the configured ones. With ``resume=<run dir>`` the run continues
+    in that directory from checkpoints/last.ckpt with its saved config and the allowed
+    ``overrides`` (``pipelines.resume``; default: hydra's command-line overrides). Raises ``RunDirectoryError`` if the run
     directory already holds a run (unless ``ckpt_path`` resumes that run), ``CheckpointError``
     if ``ckpt_path`` does not match the configured model, and ``NonFiniteLossError`` (after
     writing summary.json with status "stopped: …") if training hit a NaN/inf; after Ctrl-C it
     writes summary.json with status "interrupted" (no evaluation) and exits with status 1.
     Under DDP only rank 0 returns the summary; the other ranks return {}.
     """
+    applied: list[str] | None = None
+    if cfg.get("resume"):
+        if overrides is None:
+            overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        cfg, applied = resume_config(cfg, list(overrides))
+    check_training_config(cfg)
     run_dir = Path(cfg.paths.run_dir)
     ckpt_path = cfg.get("ckpt_path")
     first_rank = launched_rank() == 0
@@ -174,7 +186,10 @@ def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict
         _check_resume_matches(ckpt_path, module)
     trainer = build_trainer(cfg, run_dir, callbacks)
     if first_rank:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if applied is None:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        else:
+            record_resume(run_dir, cfg, applied)
     data = StepIndices(cfg.steps_per_epoch)
     t0 = time.perf_counter()
     status = "completed"
@@ -191,13 +206,15 @@ def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict
         except SystemExit:
             if not trainer.interrupted:
                 raise
-            status = "interrupted"  # Ctrl-C: Lightning shut down and asks to exit
-            log.warning("training interrupted at step %d; resume with ckpt_path=<run dir>/checkpoints/"
-                        "last.ckpt (the last checkpoint)", trainer.global_step)
+            status = "interrupted"  # Ctrl-C or SIGTERM: Lightning shut down and asks to exit
+            log.warning("training interrupted at step %d (checkpoint written); continue it with "
+                        "train.py resume=%s", trainer.global_step, run_dir)
         wall = time.perf_counter() - t0
         summary: dict[str, Any] = {}
         if trainer.is_global_zero:
             summary = _summarise(cfg, trainer, module, status, wall)
+            if applied is not None:
+                summary["resumed_with"] = applied
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
             log.info("summary written to %s", run_dir / "summary.json")
         _finish_wandb(trainer, summary, failed=status != "completed")
@@ -254,14 +271,13 @@ def format_summary(s: dict[str, Any]) -> str:
     if "gap_per_site" in s:
         lines += [f"  exact -lnZ/N = {s['exact_free_energy_per_site']:.6f}",
                   f"  gap/N        = {s['gap_per_site']:.5f}   (relative {s['relative_error']:.2e} of ln Z/N)"]
-    lines.append(f"  IS lnZ/N     = {s['is_log_z_per_site']:.6f} ± {s['is_log_z_per_site_err']:.6f}, "
-                 f"ESS/M = {s['ess_fraction']:.3f}, flow-MH acceptance = {s['metropolis_acceptance']:.3f}")
+    lines.append(f"  IS {format_is_estimate(s)}, flow-MH acceptance = {s['metropolis_acceptance']:.3f}")
     if "z2_eval" in s:
         z2 = s["z2_eval"]
         lines.append("  Z2-symmetrised at evaluation: "
                      + (f"gap/N = {z2['gap_per_site']:.5f}, " if "gap_per_site" in z2 else
                         f"F_q/N = {z2['free_energy_per_site']:.6f}, ")
-                     + f"ESS/M = {z2['ess_fraction']:.3f}")
+                     + f"IS {format_is_estimate(z2)}")
     if not math.isfinite(s["free_energy_per_site"]):
         lines.append("  (non-finite estimates)")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .metropolis import metropolis_acceptance
+from ..physics.importance import MIN_SAMPLES, importance_diagnostics
 from ..physics.statistics import ess_fraction, importance_log_z
 
 
@@ -38,7 +39,11 @@ def variational_summary(log_q: torch.Tensor, log_p: torch.Tensor, n_sites: int,
 
     Keys: free_energy_per_site (F_q/N), free_energy_per_site_err, and with the exact ln Z_x:
     exact_free_energy_per_site (−ln Z_x/N), gap_per_site, relative_error (gap / (ln Z_x/N));
-    always is_log_z_per_site (ln Ẑ/N) with its _err, is_free_energy_per_site, ess_fraction.
+    always is_log_z_per_site (ln Ẑ/N) with its _err (delta method), is_free_energy_per_site,
+    ess_fraction, and the PSIS diagnostics of the weights (``physics.importance``): is_khat (Pareto
+    k̂ of the upper tail), is_reliable (k̂ ≤ 0.7: otherwise ln Ẑ and its error bar are not to be
+    trusted), is_note (why, or None), is_psis_log_z_per_site (Pareto-smoothed ln Ẑ/N, None where
+    k̂ ≥ 0.7).
     """
     f = (log_q - log_p).to(torch.float64)
     M = f.numel()
@@ -52,6 +57,12 @@ def variational_summary(log_q: torch.Tensor, log_p: torch.Tensor, n_sites: int,
     out["is_log_z_per_site_err"] = lz_err / n_sites
     out["is_free_energy_per_site"] = -lz / n_sites
     out["ess_fraction"] = ess_fraction(log_w)
+    if M >= MIN_SAMPLES:
+        diag = importance_diagnostics(log_w)
+        out["is_khat"] = diag["khat"]
+        out["is_reliable"] = diag["reliable"]
+        out["is_note"] = diag["note"]
+        out["is_psis_log_z_per_site"] = None if diag["psis_log_z"] is None else diag["psis_log_z"] / n_sites
     if exact_log_z is not None:
         exact = -exact_log_z / n_sites
         out["exact_free_energy_per_site"] = exact
@@ -59,6 +70,19 @@ def variational_summary(log_q: torch.Tensor, log_p: torch.Tensor, n_sites: int,
         out["relative_error"] = out["gap_per_site"] / (exact_log_z / n_sites)
         out["is_gap_per_site"] = out["is_free_energy_per_site"] - exact
     return out
+
+
+def format_is_estimate(s: dict[str, Any]) -> str:
+    """"ln Z/N = a ± b (exact c), ESS/M = …, k̂ = …" with an UNRELIABLE flag and its reason beside
+    the number where the PSIS k̂ says so; ``s`` is a ``variational_summary``."""
+    exact = f" (exact {-s['exact_free_energy_per_site']:.6f})" if "exact_free_energy_per_site" in s else ""
+    text = (f"ln Z/N = {s['is_log_z_per_site']:.6f} ± {s['is_log_z_per_site_err']:.6f}{exact}, "
+            f"ESS/M = {s['ess_fraction']:.4f}")
+    if "is_khat" in s:
+        text += f", k̂ = {s['is_khat']:.2f}"
+        if not s["is_reliable"]:
+            text += f"  UNRELIABLE: {s['is_note']}"
+    return text
 
 
 @torch.no_grad()

@@ -1,7 +1,10 @@
 """LightningModule for reverse-KL (variational free energy) training of a NeuralRG flow.
 
-Every step draws a batch from the flow (no dataset) and minimises
-loss = mean[ln q(x) + E(x)] = F_q (total; logged per site). Manual optimisation keeps the
+By default every step draws a batch from the flow (no dataset) and minimises
+loss = mean[ln q(x) + E(x)] = F_q (total; logged per site). ``loss`` (the ``loss:`` node of
+conf/train.yaml, ``neuralrg.training.losses.LossConfig``) selects another objective:
+``flow_mcmc`` mixes in the forward KL on persistent chains on p (``training.chains``), ``data``
+pre-trains by maximum likelihood on exact samples (Ising). Manual optimisation keeps the
 loop explicit: a non-finite loss or gradient stops training (``NonFiniteLossError``, on every
 DDP rank at once) *before* any parameter changes, so the last checkpoint on disk stays the last
 good state. Steps are counted like ``global_step``: step k is the (k+1)-th optimizer step.
@@ -23,6 +26,8 @@ from ..errors import NonFiniteLossError
 from ..checkpoint import META_KEY, flow_metadata
 from ..sampling.importance import evaluate_flow
 from ..flows.model import NeuralRGFlow
+from .chains import ExactIsingData, FlowMCMCChains, check_data_source
+from .losses import LossConfig, forward_gap, forward_kl, mixed_loss
 from .schedule import build_scheduler
 
 # Lightning's advice for manual optimisation does not apply: a checkpoint at step k holds the
@@ -48,6 +53,7 @@ ignore_known_warnings()  # also in ddp_spawn workers, which import this module t
 # set in trainer.callback_metrics at the end of fit (these reach the main process under ddp_spawn)
 FIT_STEP_KEY = "fit/global_step"
 FIT_FINGERPRINTS_KEY = "fit/rank_sample_fingerprints"
+FIT_DATA_TIME_KEY = "fit/data_generation_s"  # only with loss.name=data
 
 
 class FlowModule(pl.LightningModule):
@@ -57,13 +63,14 @@ class FlowModule(pl.LightningModule):
     ``build_scheduler`` (name, warmup_steps, min_factor, …); total_steps: for the schedule.
     path_gradient: use the "sticking the landing" estimator (one extra inverse pass).
     eval_every / eval_samples: how often / on how many samples to run ``evaluate_flow``.
+    loss: the ``loss:`` config (``LossConfig`` keys; None = reverse KL).
     """
 
     def __init__(self, flow: NeuralRGFlow, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: dict[str, Any] | None = None, *, total_steps: int, batch_size: int = 256,
                  grad_clip: float | None = 10.0, path_gradient: bool = False, eval_every: int = 100,
                  eval_samples: int = 2048, eval_batch_size: int = 1024, seed: int = 0,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, loss: dict[str, Any] | None = None) -> None:
         super().__init__()
         if int(batch_size) < 2:
             raise ValueError(f"batch_size must be >= 2, got {batch_size}")
@@ -80,6 +87,19 @@ class FlowModule(pl.LightningModule):
         self.eval_samples = int(eval_samples)
         self.eval_batch_size = int(eval_batch_size)
         self.seed = int(seed)
+        self.loss_cfg = LossConfig.from_dict(loss)
+        if self.loss_cfg.name == "data":
+            check_data_source(flow.target)
+        self.forward_weight = self.loss_cfg.weight_schedule()
+        c = self.loss_cfg
+        # a plain object, not a module buffer: DDP must not broadcast rank 0's chains
+        self.chains = (FlowMCMCChains(c.n_chains, local_steps=c.local_steps, n_leapfrog=c.n_leapfrog,
+                                      step_size=c.step_size, target_accept=c.target_accept,
+                                      adapt_steps=c.adapt_steps, burn_in=c.burn_in)
+                       if c.uses_chains else None)
+        self.data: ExactIsingData | None = None
+        self.data_generation_s: float | None = None
+        self._data_time_logged = False
         self.automatic_optimization = False
         # plain containers only: checkpoints then load with weights_only=True
         self.save_hyperparameters({"config": config or {}, "model": flow.config,
@@ -97,6 +117,19 @@ class FlowModule(pl.LightningModule):
         # after a resume the step counter is restored: reseed so a resumed run does not replay
         # the random stream of the run's first steps
         self._reseed()
+        if self.loss_cfg.objective(self.global_step, self.batch_size) == "data":
+            self._ensure_data()
+
+    def _ensure_data(self) -> ExactIsingData:
+        """Generate the exact data set (once, before the first data step; each rank its own
+        seed) and record its wall time."""
+        if self.data is None:
+            c = self.loss_cfg
+            self.data = ExactIsingData(self.flow.target, c.data_samples, n_chains=c.data_chains,
+                                       sweep_spacing=c.data_sweep_spacing, warmup_sweeps=c.data_warmup_sweeps,
+                                       seed=[self.seed, self.global_rank, 7])
+            self.data_generation_s = self.data.generation_s
+        return self.data
 
     def _reseed(self) -> None:
         """Seed from (seed, rank, step): each rank draws its own samples (the same seed on
@@ -127,6 +160,8 @@ class FlowModule(pl.LightningModule):
         # callback_metrics travel back to the main process under ddp_spawn; module attributes don't
         trainer.callback_metrics[FIT_STEP_KEY] = torch.tensor(float(trainer.global_step))
         trainer.callback_metrics[FIT_FINGERPRINTS_KEY] = torch.tensor(self.rank_fingerprints)
+        if self.data_generation_s is not None:
+            trainer.callback_metrics[FIT_DATA_TIME_KEY] = torch.tensor(self.data_generation_s)
 
     # -- training --------------------------------------------------------------------
     def free_energy_terms(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -150,17 +185,23 @@ class FlowModule(pl.LightningModule):
         opt = self.optimizers()
         sched = self.lr_schedulers()
         step = self.global_step
-        log_q, energy, x = self.free_energy_terms(self.batch_size)
-        f = log_q + energy
+        objective = self.loss_cfg.objective(step, self.batch_size)
+        extra: dict[str, float | torch.Tensor] = {}
+        if objective == "reverse_kl":
+            log_q, energy, x = self.free_energy_terms(self.batch_size)
+            f: torch.Tensor | None = log_q + energy
+            loss = f.mean()
+            parts = {"x": x.flatten(1).sum(1), "ln q(x)": log_q, "E(x)": energy}
+        else:
+            loss, f, x, parts, extra = self._forward_kl_step(objective, step)
         if self.sample_fingerprint is None:
             self.sample_fingerprint = float(x.detach()[0].sum())
-        loss = f.mean()
         if not self._all_ranks_finite(loss):
-            bad = {name: int((~torch.isfinite(v.detach())).sum())
-                   for name, v in (("x", x.flatten(1).sum(1)), ("ln q(x)", log_q), ("E(x)", energy))}
-            detail = ", ".join(f"{k} {v}/{f.numel()}" for k, v in bad.items())
+            detail = ", ".join(f"{k} {int((~torch.isfinite(v.detach())).sum())}/{v.numel()}"
+                               for k, v in parts.items())
+            what = "variational free energy" if objective == "reverse_kl" else f"{objective} loss"
             raise NonFiniteLossError(
-                f"non-finite variational free energy (loss = {loss.item()}) at step {step}, after "
+                f"non-finite {what} (loss = {loss.item()}) at step {step}, after "
                 f"{step} completed optimizer steps; non-finite samples on rank {self.global_rank}: "
                 f"{detail}. Parameters were left unchanged; the last checkpoint holds the last good state")
         opt.zero_grad(set_to_none=True)
@@ -181,12 +222,16 @@ class FlowModule(pl.LightningModule):
         now = time.perf_counter()
         rate = self.batch_size / (now - self._t_last) if self._t_last else float("nan")
         self._t_last = now
-        fd = f.detach()
-        self.log("train/free_energy", fd.mean() / n, prog_bar=True, sync_dist=True)
-        self.log("train/free_energy_err", fd.std() / math.sqrt(fd.numel()) / n, sync_dist=True)
         log_z = self.flow.target.log_z
-        if log_z is not None:
-            self.log("train/gap", fd.mean() / n + log_z / n, prog_bar=True, sync_dist=True)
+        if f is not None:
+            fd = f.detach()
+            self.log("train/free_energy", fd.mean() / n, prog_bar=True, sync_dist=True)
+            self.log("train/free_energy_err", fd.std() / math.sqrt(fd.numel()) / n, sync_dist=True)
+            self.log("train/reverse_kl", fd.mean() / n, sync_dist=True)
+            if log_z is not None:
+                self.log("train/gap", fd.mean() / n + log_z / n, prog_bar=True, sync_dist=True)
+        for k, v in extra.items():
+            self.log(f"train/{k}", v, sync_dist=True)
         self.log("train/grad_norm", gnorm, sync_dist=True)
         self.log("train/lr", sched.get_last_lr()[0])
         if math.isfinite(rate):
@@ -194,6 +239,63 @@ class FlowModule(pl.LightningModule):
         if self.eval_every > 0 and (step + 1) % self.eval_every == 0:
             self.run_evaluation()
         return loss.detach()
+
+    def _forward_kl_step(self, objective: str, step: int):
+        """Loss (1 − w)·reverse KL + w·forward KL of a ``flow_mcmc`` or ``data`` step (w = 1).
+
+        Returns (loss, per-sample ln q + E of the flow batch or None, x for the fingerprint,
+        {name: per-sample values} for the NaN report, {name: value} logged under train/).
+        ``flow_mcmc``: the forward KL is taken on the chain states as they enter the step; then
+        the chains advance (flow-MH with this step's flow samples as proposals, then HMC).
+        """
+        flow, n = self.flow, self.flow.n_sites
+        log_z = flow.target.log_z
+        extra: dict[str, float | torch.Tensor] = {}
+        proposals = None
+        if objective == "data":
+            data = self._ensure_data()
+            w, f, reverse, parts = 1.0, None, None, {}
+            x = x_fwd = data.batch(self.loss_cfg.data_batch(self.batch_size), flow.device, flow.dtype)
+            with torch.no_grad():
+                e_fwd = flow.target.energy(x_fwd)
+            extra["data_epoch"] = float(data.epoch)
+            if not self._data_time_logged:
+                extra["data_generation_s"] = float(self.data_generation_s)
+                self._data_time_logged = True
+        else:
+            chains = self.chains
+            if not chains.initialized:
+                chains.init_from_flow(flow)
+            chains.follow(flow.device, flow.dtype)
+            w = self.forward_weight(step)
+            if w < 1.0:
+                log_q, energy, x = self.free_energy_terms(self.batch_size)
+                f = log_q + energy
+                reverse = f.mean()
+                if x.shape[0] >= chains.n_chains:
+                    proposals = (x, log_q, energy)
+            else:  # no reverse term: draw the proposals alone, without a graph
+                with torch.no_grad():
+                    x, log_q = flow.sample(chains.n_chains)
+                    energy = flow.target.energy(x)
+                f, reverse, proposals = log_q + energy, None, (x, log_q, energy)
+            parts = {"x": x.flatten(1).sum(1), "ln q(x)": log_q, "E(x)": energy}
+            x_fwd, e_fwd = chains.x, chains.energy
+        log_q_fwd = flow.log_prob(x_fwd)
+        forward = forward_kl(log_q_fwd)
+        parts["ln q(x_fwd)"] = log_q_fwd
+        if objective == "flow_mcmc":
+            st = self.chains.step(flow, log_q_current=log_q_fwd.detach(), proposals=proposals)
+            extra["chain_mh_acceptance"] = st["mh_acceptance"]
+            if math.isfinite(st["hmc_acceptance"]):
+                extra["chain_hmc_acceptance"] = st["hmc_acceptance"]
+                extra["chain_step_size"] = st["step_size"]
+        loss = mixed_loss(reverse, forward, w)
+        extra["forward_weight"] = w
+        extra["forward_kl"] = forward.detach() / n
+        if log_z is not None:
+            extra["forward_gap"] = forward_gap(log_q_fwd.detach(), e_fwd, log_z) / n
+        return loss, f, x, parts, extra
 
     def run_evaluation(self) -> dict[str, float]:
         """``evaluate_flow`` on ``eval_samples`` fresh samples; logged under eval/."""

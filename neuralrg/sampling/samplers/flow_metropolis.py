@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ...physics.importance import pareto_khat
 from ...physics.statistics import ess_fraction
 from ...physics.target import LatticeTarget
 from ..chains import ChainRun, keep_every, observe_fn, sync
@@ -60,7 +61,7 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
     return ChainRun("flow_metropolis", observables, kx, kz, klq, flow.target.energy(kx),
                     float(acc[:, n_warmup:].to(torch.float64).mean()), wall / T, wall,
                     dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples,
-                         ess_fraction=ess_fraction(lw.flatten())),
+                         ess_fraction=ess_fraction(lw.flatten()), khat=pareto_khat(lw.flatten())),
                     start=x_all[:, 0])
 
 

@@ -1,0 +1,171 @@
+"""Flow-proposal independence Metropolis interleaved with k physical-HMC trajectories.
+
+One step (per chain): one independence-Metropolis move with a fresh flow proposal x' ~ q
+(q_sym and a random global sign when the flow is Z2), accepted with min(1, w(x')/w(x)),
+w = p̃/q; then ``k`` HMC trajectories on x with E(x) and the target's gradient. Each move leaves
+p invariant, so the chain is exact; the global move decorrelates across modes, the local
+trajectories repair what the flow gets wrong. k = 0 is pure flow Metropolis. The HMC step size
+is adapted by dual averaging during warm-up, then frozen. After HMC moves x the current weight
+needs ln q(x): one inverse pass (two with Z2) per step.
+
+``run_mh_hmc`` is the shared driver (also used by ``latent_hmc_flow_mh``): any state space, any
+potential, any independence proposal with its log-weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ...physics.target import LatticeTarget
+from ..chains import ChainRun, physical_outputs, sync, thinned_observer
+from ..hmc import DualAveraging, hmc_step
+from ..latent import physical_potential_and_grad
+from ..registry import Sampler, check_settings
+
+Tensor = torch.Tensor
+
+DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, k=2, n_leapfrog=10, step_size=0.1, target_accept=0.8,
+                max_keep=2048)
+
+
+def check_hybrid_settings(s: dict[str, Any]) -> None:
+    """Common value checks plus k (an integer >= 0); ValueError naming the key."""
+    check_settings(**s)
+    k = s.get("k")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k (HMC trajectories per flow-Metropolis move) must be an integer >= 0, got {k!r}")
+
+
+@dataclass
+class MHHMCResult:
+    """Output of ``run_mh_hmc``: observables name -> (C, T); mh_accept (C,) acceptance rate of
+    the global moves after warm-up; hmc_accept: mean HMC acceptance probability after warm-up
+    (nan for k = 0); step_size: the frozen HMC step size; times in wall seconds; x_final (C, ...)."""
+
+    observables: dict[str, Tensor]
+    mh_accept: Tensor
+    hmc_accept: float
+    step_size: float
+    warmup_time: float
+    sampling_time: float
+    x_final: Tensor
+
+
+def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
+               log_weight: Callable[[Tensor, Tensor], Tensor],
+               propose: Callable[[int], tuple[Tensor, Tensor, Tensor, Tensor]], *, k: int, n_warmup: int,
+               n_samples: int, n_leapfrog: int, step_size: float, target_accept: float,
+               observe: Callable[[Tensor], dict[str, Tensor]], generator: torch.Generator | None = None
+               ) -> MHHMCResult:
+    """C chains on states x (C, *event) targeting π ∝ exp(−U), U = ``potential_and_grad(x)[0]``.
+
+    A step is one independence-Metropolis move, then ``k`` HMC trajectories (``hmc_step``).
+    ``propose(C) -> (x', U(x'), ∇U(x'), ln w(x'))`` draws independent proposals from a density
+    Q with ln w = −U − ln Q + const; ``log_weight(x, U) -> ln w(x)`` (same constant) for states
+    that HMC moved. The move accepts iff u < w(x')/w(x) (a non-finite ln w(x') is a rejection;
+    a chain at a non-finite ln w(x) leaves at the first finite proposal). n_warmup steps adapt
+    the step size (dual averaging on every trajectory's mean acceptance probability) and are
+    discarded; then ``observe(x)`` is recorded after each of the n_samples steps.
+    """
+    x = x0.detach().clone()
+    C, dev = x.shape[0], x.device
+    eps = float(step_size)
+    dual = DualAveraging(eps, target_accept) if k > 0 else None
+    sync(x)
+    t_start = time.perf_counter()
+    U, grad = potential_and_grad(x)
+    lw = log_weight(x, U)
+    neg_inf = torch.full_like(lw, -torch.inf)
+    lw = torch.where(torch.isfinite(lw), lw, neg_inf)
+    obs: dict[str, Tensor] = {}
+    n_mh = torch.zeros(C, dtype=torch.long, device=dev)
+    hmc_acc_sum, t_warm = torch.zeros((), dtype=x.dtype, device=dev), t_start
+
+    for step in range(n_warmup + n_samples):
+        if step == n_warmup:
+            if dual is not None:
+                eps = dual.final_step_size
+            sync(x)
+            t_warm = time.perf_counter()
+        xp, Up, gp, lwp = propose(C)
+        log_u = torch.log(torch.rand(C, dtype=lw.dtype, device=dev, generator=generator))
+        acc = torch.isfinite(lwp) & (log_u < lwp - lw)
+        acc_x = acc.reshape((C,) + (1,) * (x.dim() - 1))
+        x, grad = torch.where(acc_x, xp, x), torch.where(acc_x, gp, grad)
+        U, lw = torch.where(acc, Up, U), torch.where(acc, lwp, lw)
+        if step >= n_warmup:
+            n_mh += acc
+        for _ in range(k):
+            x, U, grad, a, _ = hmc_step(x, U, grad, potential_and_grad, eps, n_leapfrog, generator=generator)
+            if step < n_warmup:
+                eps = dual.adapt(a)
+            else:
+                hmc_acc_sum = hmc_acc_sum + a.mean()
+        if k > 0:
+            lw = log_weight(x, U)
+            lw = torch.where(torch.isfinite(lw), lw, neg_inf)
+        if step >= n_warmup:
+            with torch.no_grad():
+                values = observe(x)
+            for name, v in values.items():
+                if name not in obs:
+                    obs[name] = torch.empty((C, n_samples), dtype=v.dtype, device=v.device)
+                obs[name][:, step - n_warmup] = v
+    sync(x)
+    t_end = time.perf_counter()
+    return MHHMCResult(obs, n_mh.to(torch.float64) / n_samples,
+                       float(hmc_acc_sum) / (k * n_samples) if k > 0 else float("nan"), eps,
+                       t_warm - t_start, t_end - t_warm, x)
+
+
+def run_hybrid(flow: Any, target: LatticeTarget | None = None, *, n_chains: int = 64, n_warmup: int = 100,
+               n_samples: int = 400, k: int = 2, n_leapfrog: int = 10, step_size: float = 0.1,
+               target_accept: float = 0.8, max_keep: int = 2048,
+               generator: torch.Generator | None = None) -> ChainRun:
+    """Flow-Metropolis moves + k physical-HMC trajectories per step (module docstring); chains
+    start from flow samples. ``target`` defaults to the flow's. ``ChainRun.accept`` is the
+    flow-Metropolis acceptance rate; settings hold it (``flow_mh_accept``) and the HMC acceptance
+    probability (``hmc_accept``) separately. Kept z = g⁻¹(x), log_q = ln q(x) (q_sym for Z2)."""
+    s = dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
+             step_size=step_size, target_accept=target_accept, max_keep=max_keep)
+    check_hybrid_settings(s)
+    target = target if target is not None else flow.target
+    pg = physical_potential_and_grad(target)
+
+    def propose(C: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            _, x, log_q = flow.sample_with_latent(C, generator=generator)
+        U, g = pg(x)
+        return x, U, g, -U - log_q
+
+    def log_weight(x: Tensor, U: Tensor) -> Tensor:
+        with torch.no_grad():
+            return -U - flow.log_prob(x)  # q_sym when flow.z2
+
+    with torch.no_grad():
+        x0 = flow.sample(n_chains, generator=generator)[0]
+    observe, kept = thinned_observer(target, generator, n_samples, n_chains, max_keep)
+    res = run_mh_hmc(x0, pg, log_weight, propose, k=k, n_warmup=n_warmup, n_samples=n_samples,
+                     n_leapfrog=n_leapfrog, step_size=step_size, target_accept=target_accept,
+                     observe=observe, generator=generator)
+    x = torch.cat(kept)[:max_keep]
+    z, log_q, energy = physical_outputs(flow, target, x)
+    mh = float(res.mh_accept.mean())
+    return ChainRun("hybrid", res.observables, x, z, log_q, energy, mh, res.sampling_time / n_samples,
+                    res.warmup_time + res.sampling_time,
+                    dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
+                         target_accept=target_accept, step_size=res.step_size, flow_mh_accept=mh,
+                         hmc_accept=res.hmc_accept),
+                    start=x0)
+
+
+def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None) -> ChainRun:
+    return run_hybrid(flow, target, generator=generator, **s)
+
+
+SAMPLER = Sampler("hybrid", _run, DEFAULTS,
+                  "flow-proposal independence Metropolis interleaved with k physical-HMC trajectories per step",
+                  validate=check_hybrid_settings)

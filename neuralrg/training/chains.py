@@ -1,0 +1,221 @@
+"""Where the forward-KL samples of training come from: persistent chains on p, or exact data.
+
+``FlowMCMCChains`` (adaptive flow-MCMC, Gabrié, Rotskoff & Vanden-Eijnden, PNAS 2022): a buffer
+of C configurations x that every training step advances by
+
+1. one independence-Metropolis move with proposals drawn from the current flow q (q_sym for a
+   Z2 flow, as sampled), accepted with min(1, w(x')/w(x)), w = e^{−E}/q; exact for any q with
+   full support;
+2. ``local_steps`` physical-space HMC trajectories (``n_leapfrog`` leapfrog steps, identity
+   mass) on E with the target's analytic gradient ``grad_energy``.
+
+Both moves leave p invariant, so after burn-in the buffer holds (correlated) samples of p using
+only E and ∇E: it works for any ``LatticeTarget``. Step size: dual averaging (Hoffman & Gelman)
+toward ``target_accept`` over the first ``adapt_steps`` trajectories, then frozen at the
+averaged value. p does not change during training, so a frozen step size stays tuned (and the
+frozen kernel is exactly p-invariant, which an ever-adapting one is not).
+
+The buffer is a plain tensor, not a module buffer: it follows the flow's device and dtype (moved
+on use), is not broadcast by DDP (each rank keeps its own chains, seeded from its own random
+stream) and is not written to checkpoints (a resumed run re-initialises its chains from the flow
+with ``burn_in`` updates).
+
+``ExactIsingData``: exact samples of the Ising relaxation, from Wolff cluster chains
+(``wolff_chains``, recorded every ``sweep_spacing`` sweeps, ≈ 2τ_int at K_c) turned into x by
+x | s ~ N(A s, A) (``exact_x_from_spins``). Only ``IsingTarget`` with K > 0 has this source
+(``check_data_source``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..physics.target import LatticeTarget
+from ..sampling.hmc import DualAveraging, hmc_step
+from ..sampling.metropolis import independence_metropolis
+
+__all__ = ["FlowMCMCChains", "ExactIsingData", "check_data_source"]
+
+
+class FlowMCMCChains:
+    """Persistent chains on p driven by flow proposals and local HMC (see module docstring)."""
+
+    def __init__(self, n_chains: int, *, local_steps: int = 2, n_leapfrog: int = 5, step_size: float = 0.05,
+                 target_accept: float = 0.8, adapt_steps: int = 200, burn_in: int = 10) -> None:
+        if int(n_chains) < 1:
+            raise ValueError(f"n_chains must be >= 1, got {n_chains}")
+        self.n_chains = int(n_chains)
+        self.local_steps = int(local_steps)
+        self.n_leapfrog = int(n_leapfrog)
+        self.target_accept = float(target_accept)
+        self.adapt_steps = int(adapt_steps)
+        self.burn_in = int(burn_in)
+        self.dual = DualAveraging(step_size, self.target_accept)
+        self.step_size = float(step_size)
+        self.n_trajectories = 0
+        self.x: torch.Tensor | None = None       # (C, L, L) chain states
+        self.energy: torch.Tensor | None = None  # (C,) E(x) of the states
+        self.last_mh_acceptance = float("nan")
+        self.last_hmc_acceptance = float("nan")
+        self.mh_accepted_total = 0
+        self.mh_proposed_total = 0
+
+    @property
+    def initialized(self) -> bool:
+        return self.x is not None
+
+    def follow(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move the buffer to ``device``/``dtype`` (the flow's) if it lives elsewhere."""
+        if self.x is not None and (self.x.device != device or self.x.dtype != dtype):
+            self.x = self.x.to(device=device, dtype=dtype)
+            self.energy = self.energy.to(device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def init_from_flow(self, flow: Any) -> None:
+        """Start every chain at a flow sample, then run ``burn_in`` chain updates."""
+        x, _ = flow.sample(self.n_chains)
+        self.x = x.detach()
+        self.energy = flow.target.energy(self.x).detach()
+        for _ in range(self.burn_in):
+            self.step(flow)
+
+    @torch.no_grad()
+    def step(self, flow: Any, log_q_current: torch.Tensor | None = None,
+             proposals: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+             ) -> dict[str, float]:
+        """One flow-MH move then ``local_steps`` HMC trajectories for every chain.
+
+        log_q_current: ln q(x) of the current states under the current flow (computed if None);
+        proposals: (x', ln q(x'), E(x') or None), at least C independent flow samples (drawn if
+        None; only the first C are used). Returns {"mh_acceptance", "hmc_acceptance", "step_size"}.
+        """
+        if self.x is None:
+            raise RuntimeError("chains are not initialised: call init_from_flow first")
+        target: LatticeTarget = flow.target
+        self.follow(flow.device, flow.dtype)
+        C = self.n_chains
+        if log_q_current is None:
+            log_q_current = flow.log_prob(self.x)
+        if proposals is None:
+            xp, lqp = flow.sample(C)
+            ep = None
+        else:
+            xp, lqp, ep = proposals
+            if xp.shape[0] < C:
+                raise ValueError(f"need >= {C} proposals, got {xp.shape[0]}")
+            xp, lqp, ep = xp[:C], lqp[:C], (None if ep is None else ep[:C])
+        xp, lqp = xp.detach().to(self.x), lqp.detach().to(self.x)
+        ep = target.energy(xp) if ep is None else ep.detach().to(self.x)
+        log_w = torch.stack([-self.energy - log_q_current.detach().to(self.x), -ep - lqp], dim=1)
+        _, acc = independence_metropolis(log_w)
+        take = acc[:, 1]
+        self.x = torch.where(take[:, None, None], xp, self.x)
+        self.energy = torch.where(take, ep, self.energy)
+        self.last_mh_acceptance = float(take.to(torch.float64).mean())
+        self.mh_accepted_total += int(take.sum())
+        self.mh_proposed_total += C
+        self.last_hmc_acceptance = self._local_moves(target)
+        return {"mh_acceptance": self.last_mh_acceptance, "hmc_acceptance": self.last_hmc_acceptance,
+                "step_size": self.step_size}
+
+    def _local_moves(self, target: LatticeTarget) -> float:
+        if self.local_steps == 0:
+            return float("nan")
+
+        def pg(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return target.energy(x), target.grad_energy(x)
+
+        x, U = self.x, self.energy
+        grad = target.grad_energy(x)
+        acc = []
+        for _ in range(self.local_steps):
+            x, U, grad, a, _ = hmc_step(x, U, grad, pg, self.step_size, self.n_leapfrog)
+            acc.append(float(a.mean()))
+            self.n_trajectories += 1
+            if self.n_trajectories <= self.adapt_steps:
+                self.step_size = self.dual.adapt(a)
+                if self.n_trajectories == self.adapt_steps:
+                    self.step_size = self.dual.final_step_size
+        self.x, self.energy = x, U
+        return sum(acc) / len(acc)
+
+    @property
+    def mh_acceptance(self) -> float:
+        """Flow-MH acceptance rate over all moves so far."""
+        return self.mh_accepted_total / self.mh_proposed_total if self.mh_proposed_total else float("nan")
+
+
+def check_data_source(target: LatticeTarget) -> None:
+    """Raise ``ValueError`` unless exact samples of ``target`` can be generated (Ising, K > 0)."""
+    from ..physics.ising import IsingTarget
+
+    if not isinstance(target, IsingTarget):
+        raise ValueError(f"loss.name=data needs exact samples of the target, which exist only for the Ising "
+                         f"relaxation (IsingTarget, from Wolff chains); {type(target).__name__} has no data "
+                         "source: use loss.name=reverse_kl or flow_mcmc")
+    if not target.K > 0:
+        raise ValueError(f"loss.name=data draws exact samples with Wolff cluster updates, which need K > 0; "
+                         f"got K = {target.K}: use loss.name=reverse_kl or flow_mcmc")
+
+
+class ExactIsingData:
+    """Exact x samples of an ``IsingTarget`` (K > 0), generated once, served as minibatches.
+
+    ``n_samples`` configurations from ``min(n_chains, n_samples)`` Wolff chains after
+    ``warmup_sweeps`` warm-up sweeps, recorded every ``sweep_spacing`` sweeps, each turned into
+    x by x | s ~ N(A s, A). Stored float64 on the CPU; ``batch`` returns them on the requested
+    device/dtype (cached), shuffled once per epoch (a remainder smaller than a batch is skipped).
+    """
+
+    def __init__(self, target: LatticeTarget, n_samples: int, *, n_chains: int = 64, sweep_spacing: int = 2,
+                 warmup_sweeps: int = 20, seed: int | list[int] = 0) -> None:
+        check_data_source(target)
+        from ..physics.wolff import exact_x_from_spins, wolff_chains
+
+        self.n_samples = int(n_samples)
+        C = min(int(n_chains), self.n_samples)
+        T = math.ceil(self.n_samples / C)
+        ss = np.random.SeedSequence(seed)
+        rng_spins, rng_x = ss.spawn(2)
+        t0 = time.perf_counter()
+        kept: list[np.ndarray] = []
+
+        def record(t: int, spins: np.ndarray) -> None:
+            if (t + 1) % sweep_spacing == 0:
+                kept.append(spins)
+
+        res = wolff_chains(target.L, target.K, C, T * int(sweep_spacing), n_warmup=int(warmup_sweeps),
+                           seed=np.random.default_rng(rng_spins), record=record)
+        spins = np.stack(kept, axis=1).reshape(-1, target.L, target.L)[: self.n_samples]
+        gen = torch.Generator().manual_seed(int(rng_x.generate_state(1)[0]))
+        self.x = exact_x_from_spins(target, spins, generator=gen, dtype=torch.float64)
+        self.generation_s = time.perf_counter() - t0
+        self.info = {"n_samples": self.n_samples, "n_chains": C, "sweep_spacing": int(sweep_spacing),
+                     "clusters_per_sweep": res.clusters_per_sweep, "generation_s": self.generation_s}
+        self._order: torch.Tensor | None = None
+        self._pos = 0
+        self.epoch = 0
+        self._cache: tuple[torch.device, torch.dtype, torch.Tensor] | None = None
+
+    def on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """All samples (M, L, L) on ``device`` in ``dtype`` (one copy cached)."""
+        if self._cache is None or self._cache[0] != device or self._cache[1] != dtype:
+            self._cache = (device, dtype, self.x.to(device=device, dtype=dtype))
+        return self._cache[2]
+
+    def batch(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The next ``n`` samples of the current epoch's random order (torch's global RNG)."""
+        n = min(int(n), self.n_samples)
+        if self._order is None or self._pos + n > self.n_samples:
+            if self._order is not None:
+                self.epoch += 1
+            self._order = torch.randperm(self.n_samples)
+            self._pos = 0
+        idx = self._order[self._pos: self._pos + n]
+        self._pos += n
+        data = self.on(device, dtype)
+        return data[idx.to(data.device)]
