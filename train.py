@@ -1,4 +1,4 @@
-"""Train a NeuralRG flow by reverse KL:  python train.py [experiment=ising16_critical] [key=value ...]"""
+"""Train a NeuralRG flow by reverse KL:  python train.py [experiment=ising16_critical] [budget=10m] [threads=N] [key=value ...]"""
 import sys
 
 import hydra
@@ -9,10 +9,11 @@ from omegaconf import DictConfig
 def main(cfg: DictConfig) -> None:
     # imported here so that config errors and a refused run directory are reported at once,
     # before Lightning's import time
-    from neuralrg.pipelines.cli import exit_on_user_error
+    from neuralrg.pipelines.cli import exit_on_user_error, set_threads
     from neuralrg.pipelines.train import format_summary, run_training
 
     with exit_on_user_error():
+        set_threads(cfg.get("threads"))
         summary = run_training(cfg)
         if summary:
             print(format_summary(summary))

@@ -405,9 +405,9 @@ def test_sample_py_compare(run_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("sampler"))
-    rows = lines[header + 1: header + 4]
-    assert [r.split()[0] for r in rows] == ["latent_hmc", "physical_hmc", "flow_metropolis"]
-    assert lines[header + 4].startswith("exact energy per site: -1.565624")
+    rows = lines[header + 1: header + 5]
+    assert [r.split()[0] for r in rows] == ["latent_hmc", "physical_hmc", "flow_metropolis", "wolff"]
+    assert lines[header + 5].startswith("exact energy per site: -1.565624")
     assert any(line.startswith("flow importance sampling") for line in lines)
     assert any(line.startswith("Z2-symmetrised flow importance sampling") for line in lines)
     summaries = list((run_dir / "sampling").glob("*/summary.json"))  # default out_dir

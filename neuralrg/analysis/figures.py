@@ -166,8 +166,9 @@ def plot_rg_levels(x: torch.Tensor, z: torch.Tensor, levels: torch.Tensor, maps:
         d = 2 ** k  # the top level (k = depth) fills its 2^depth-spaced grid
         sub = np.where(lv.numpy() == k, zz, np.nan)[::d, ::d]
         ax = axes[0][k + 1]
-        ax.imshow(np.ma.masked_invalid(sub), cmap="RdBu_r", vmin=-3, vmax=3, interpolation="nearest")
-        ax.set_title(f"latents level {k}" + (" (top)" if k == n - 1 else "") + f"\n{d}-spaced grid", fontsize=8)
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.8")  # grey: sites of other levels
+        ax.imshow(np.ma.masked_invalid(sub), cmap=cmap, vmin=-3, vmax=3, interpolation="nearest")
+        ax.set_title(f"latents level {k}" + (" (top)" if k == n - 1 else "") + f"\n{d}-spaced grid, ±3", fontsize=8)
         e = response["levels"][k]
         for row, m_, name in ((1, maps[k], space), (2, None if maps_physical is None else maps_physical[k], "x")):
             if row >= rows or m_ is None:

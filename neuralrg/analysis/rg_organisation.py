@@ -11,9 +11,10 @@ x (M, L, L) is the physical field in the flow's sign convention (x itself for a 
   several targets: Σ SS_res / Σ SS_tot).
 * ``r2_top_levels``: R²(m | top k levels), m (M,) the physical magnetisation per sample.
 * ``structure_factor_explained``: with x̂(k) = Σ_r x_r e^{−ik·r} and S(k) = ⟨|x̂(k)|²⟩/N, the
-  fraction of S(k) explained linearly (least squares, no intercept: S is a second moment, not
-  a variance) by the top levels' latents, at k = 0 and at the smallest |k| ≠ 0 (the two
-  momenta 2π/L·(1, 0) and (0, 1); their ±k partners are complex conjugates), Re and Im pooled.
+  fraction 1 − ⟨|x̂(k) − fit|²⟩ / ⟨|x̂(k)|²⟩ of S(k) explained by the least-squares affine fit on
+  the top levels' latents (the denominator is the second moment S itself, not a variance), at
+  k = 0 and at the smallest |k| ≠ 0 (the two momenta 2π/L·(1, 0) and (0, 1); their ±k partners
+  are complex conjugates), Re and Im pooled.
 * ``mi_ratio_per_level``: physical nearest-neighbour MI over the same-level neighbouring-latent
   MI of each level (large = the latents removed the local dependence).
 """
@@ -35,12 +36,13 @@ def _check(z: np.ndarray, levels: np.ndarray) -> None:
         raise ValueError(f"z must be (M, L, L) and levels (L, L), got {z.shape} and {levels.shape}")
 
 
-def _lstsq_fraction(F: np.ndarray, Y: np.ndarray, intercept: bool) -> float:
-    """1 − Σ SS_res / Σ SS_tot for targets Y (M, T) fitted on F (M, P); SS_tot centred iff intercept."""
-    X = np.column_stack([np.ones(len(F)), F]) if intercept else F
+def _lstsq_fraction(F: np.ndarray, Y: np.ndarray, centred: bool) -> float:
+    """1 − Σ SS_res / Σ SS_tot for targets Y (M, T) fitted affinely on F (M, P); SS_tot about the
+    mean (R²) if ``centred``, else the raw second moment Σ Y²."""
+    X = np.column_stack([np.ones(len(F)), F])
     w, *_ = np.linalg.lstsq(X, Y, rcond=None)
     ss_res = float(((Y - X @ w) ** 2).sum())
-    ss_tot = float((((Y - Y.mean(0)) if intercept else Y) ** 2).sum())
+    ss_tot = float((((Y - Y.mean(0)) if centred else Y) ** 2).sum())
     return 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
 
 
@@ -51,7 +53,7 @@ def linear_r2(features: np.ndarray | torch.Tensor, target: np.ndarray | torch.Te
     y = y.reshape(len(y), -1)
     if len(F) != len(y) or len(y) < F.shape[1] + 2:
         raise ValueError(f"need more samples than features: {len(y)} samples, {F.shape[1]} features")
-    return _lstsq_fraction(F, y, intercept=True)
+    return _lstsq_fraction(F, y, centred=True)
 
 
 def top_level_features(z: torch.Tensor | np.ndarray, levels: torch.Tensor | np.ndarray, n_top_levels: int,
@@ -107,7 +109,7 @@ def structure_factor_explained(x: torch.Tensor | np.ndarray, z: torch.Tensor | n
         if name == "k0":
             Y = Y[:, :1]  # x̂(0) is real
         S = float((Y ** 2).sum(1).mean()) / (N * len(momenta))
-        out[name] = {"S": S, "fraction": _lstsq_fraction(F, Y, intercept=False)}
+        out[name] = {"S": S, "fraction": _lstsq_fraction(F, Y, centred=False)}
     out["kmin"]["momenta"] = [[1, 0], [0, 1]]
     out.update(n_top_levels=int(n_top_levels), levels_used=used, n_features=int(F.shape[1]))
     return out
@@ -158,7 +160,7 @@ def rg_organisation(z: torch.Tensor, x: torch.Tensor, m: torch.Tensor | np.ndarr
                "ratio_physical_nn_over_latent_per_level": mi_ratio_per_level(level_pairs, phys_mi, method)},
         "response_y": radii(response), "response_x": radii(response_physical),
         "note": "m: physical magnetisation per site of x in the flow's sign convention (Ising: E[m|x] = mean "
-                "tanh x); R² with intercept; S(k) of x, fraction explained by a linear fit without intercept "
-                "on the top levels' latents; MI ratio = physical nn MI / same-level latent MI (level k: "
+                "tanh x); R² with intercept; S(k) of x, fraction of the second moment S(k) explained by an "
+                "affine fit on the top levels' latents; MI ratio = physical nn MI / same-level latent MI (level k: "
                 "latents at distance 2^k); response radii on y = A^{-1/2}x (hierarchy output) and on x",
     }

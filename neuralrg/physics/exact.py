@@ -27,6 +27,10 @@ relative for K ≲ 1.6, deeper in the ordered phase its relative error grows lik
 s_i → (−1)^{x+y} s_i: Z(−K) = Z(K), e(−K) = −e(K), C(−K) = C(K); odd L with K < 0 raises.
 
 CLI: ``python -m neuralrg.physics.exact L K [--shift S]`` prints one JSON object (K may be ``Kc``).
+Other couplings (``IsingTarget(...).exact()``: the row transfer matrix, L ≤ 12) with
+``--Ky KY`` (anisotropic), ``--disorder pm_j|gaussian --seed N`` (glass), ``--bond-file F``
+(.npz with Kx, Ky or .npy (2, L, L): the pattern J, couplings K·J) or ``--transfer-matrix``
+(uniform K, e.g. K < 0 on odd L).
 """
 from __future__ import annotations
 
@@ -292,16 +296,50 @@ def _parse_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"L must be an integer >= 2, got {text!r}") from None
 
 
+def _target_exact(args: argparse.Namespace) -> dict:
+    """``IsingTarget(...).exact()`` for the coupling options, with the coupling spec echoed."""
+    from .ising import EXACT_TM_MAX_L, IsingTarget
+
+    L = check_lattice_size(args.L)
+    if L > EXACT_TM_MAX_L:
+        raise ValueError(f"L = {L}: the transfer matrix (non-uniform couplings) handles L <= {EXACT_TM_MAX_L}")
+    t = IsingTarget(L, args.K, args.shift, K_y=args.Ky, disorder=args.disorder, seed=args.seed,
+                    bond_file=args.bond_file)
+    out = t.exact()
+    if args.transfer_matrix and t.is_uniform and "m2" not in out:  # Kaufman took it: force the TM
+        from .couplings import hs_log_z
+
+        tm = t._transfer_matrix(True)
+        out = {"L": L, "K": t.K, "shift": t.shift, **{k: tm[k] for k in ("log_z", "free_energy_per_site",
+               "energy_per_site", "specific_heat_per_site", "m2", "m4")}}
+        out["continuous_log_z"] = hs_log_z(tm["log_z"], t.n_sites, t.c, t.logdet_A)
+    out["couplings"] = t.bond_kind
+    for key in ("K_y", "disorder", "seed"):
+        if getattr(t, key) is not None:
+            out[key] = getattr(t, key)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m neuralrg.physics.exact L K [--shift S]``: print the exact solution as one JSON line."""
+    """``python -m neuralrg.physics.exact L K [--shift S] [--Ky KY | --disorder D --seed N |
+    --bond-file F | --transfer-matrix]``: print the exact solution as one JSON line."""
     p = _Parser(prog="python -m neuralrg.physics.exact",
-                description="Exact (Kaufman) ln Z, e, C/N and ln Z_x of the L×L torus Ising model.")
+                description="Exact ln Z, e, C/N and ln Z_x of the L×L torus Ising model: Kaufman for uniform "
+                            "couplings, the row transfer matrix (L <= 12) for the others.")
     p.add_argument("L", type=_parse_int, help="linear lattice size (>= 2)")
     p.add_argument("K", type=_parse_coupling, help="coupling K = βJ, or 'Kc' for the critical one")
     p.add_argument("--shift", type=float, default=0.1, help="λ_min of A = Kmat + c·I (default 0.1)")
+    p.add_argument("--Ky", type=float, default=None, help="vertical coupling (anisotropic; horizontal = K)")
+    p.add_argument("--disorder", default=None, help="bond disorder of a seeded glass: pm_j | gaussian")
+    p.add_argument("--seed", type=int, default=None, help="seed of the glass bonds (with --disorder)")
+    p.add_argument("--bond-file", default=None, help=".npz (Kx, Ky) or .npy (2, L, L): bond pattern J")
+    p.add_argument("--transfer-matrix", action="store_true", help="use the transfer matrix even for uniform K")
     args = p.parse_args(argv)
     try:
-        out = exact_solution(args.L, args.K, args.shift)
+        if any(v is not None for v in (args.Ky, args.disorder, args.seed, args.bond_file)) or args.transfer_matrix:
+            out = _target_exact(args)
+        else:
+            out = exact_solution(args.L, args.K, args.shift)
     except ValueError as err:
         p.error(str(err))
     print(json.dumps(out))

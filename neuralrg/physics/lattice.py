@@ -35,8 +35,9 @@ def check_lattice_size(L: object, *, power_of_two: bool = False, name: str = "L"
 def check_coupling(K: object, L: int | None = None, *, name: str = "K") -> float:
     """Return ``K`` as a float or raise ``ValueError``.
 
-    Any finite K != 0 is allowed. K < 0 (antiferromagnet) is only accepted for even L,
-    where the sublattice gauge s_i -> (-1)^(x+y) s_i maps it exactly onto +|K|.
+    Any finite K != 0 is allowed (K < 0: the antiferromagnet, on any L). With ``L`` given the
+    caller needs the sublattice gauge s_i -> (-1)^(x+y) s_i that maps K < 0 exactly onto +|K|
+    (Kaufman's solution): then K < 0 on odd L, which is frustrated, is refused.
     """
     if isinstance(K, bool) or not isinstance(K, Real):
         raise ValueError(f"{name} must be a finite real number != 0, got {K!r}")
@@ -45,7 +46,9 @@ def check_coupling(K: object, L: int | None = None, *, name: str = "K") -> float
         raise ValueError(f"{name} must be a finite real number != 0, got {K}")
     if K < 0 and L is not None and L % 2 == 1:
         raise ValueError(
-            f"{name} = {K} < 0 (antiferromagnet) needs even L (frustrated on odd tori), got L = {L}"
+            f"{name} = {K} < 0 (antiferromagnet) on odd L = {L} is frustrated: Kaufman's solution (via the "
+            f"sublattice gauge) needs even L; use the transfer matrix (IsingTarget(...).exact(), "
+            f"`python -m neuralrg.physics.exact ... --transfer-matrix`, L <= 12)"
         )
     return K
 
@@ -57,23 +60,27 @@ def check_shift(shift: object, *, name: str = "shift") -> float:
     return float(shift)
 
 
-def coupling_spectrum(L: int, K: float, *, dtype: torch.dtype = torch.float64,
+def coupling_spectrum(L: int, K: float, *, K_y: float | None = None, dtype: torch.dtype = torch.float64,
                       device: torch.device | str | None = None) -> torch.Tensor:
     """Eigenvalues of the coupling matrix Kmat on the L×L torus, shape (L, L).
 
-    Kmat has K on every directed neighbour entry (each row sums to 4K; for L = 2 the
-    double bond gives 2K per neighbour), so ½ sᵀ Kmat s = K Σ_⟨ij⟩ s_i s_j. It is
-    diagonalised by the 2D Fourier transform: λ_kl = 2K (cos 2πk/L + cos 2πl/L).
+    Kmat has K on every directed horizontal neighbour entry and ``K_y`` (default K) on every
+    vertical one (each row sums to 2K + 2K_y; for L = 2 the double bond doubles the entry), so
+    ½ sᵀ Kmat s = K Σ_horiz s s + K_y Σ_vert s s. It is diagonalised by the 2D Fourier
+    transform: λ_kl = 2 (K_y cos 2πk/L + K cos 2πl/L), k the frequency along rows (dim −2,
+    the vertical bonds), l along columns (dim −1, the horizontal bonds).
     """
     k = torch.arange(L, dtype=dtype, device=device)
     c = torch.cos(2.0 * math.pi * k / L)
-    return 2.0 * K * (c[:, None] + c[None, :])
+    if K_y is None:
+        return 2.0 * K * (c[:, None] + c[None, :])
+    return 2.0 * (K_y * c[:, None] + K * c[None, :])
 
 
-def hs_diagonal_shift(L: int, K: float, shift: float) -> float:
+def hs_diagonal_shift(L: int, K: float, shift: float, *, K_y: float | None = None) -> float:
     """The constant c with λ_min(Kmat + c·I) = shift, i.e. c = shift − λ_min(Kmat).
 
-    For K > 0 and even L this is c = shift + 4K.
+    For K > 0 and even L this is c = shift + 4K; for K < 0 (any L) c = shift + 4|K|.
     """
-    lam = coupling_spectrum(L, K)
+    lam = coupling_spectrum(L, K, K_y=K_y)
     return float(shift - lam.min().item())

@@ -30,7 +30,25 @@ import torch
 if TYPE_CHECKING:
     from .ising import IsingTarget
 
-__all__ = ["WolffResult", "wolff_chains", "spin_series", "exact_x_from_spins"]
+__all__ = ["WolffResult", "wolff_chains", "spin_series", "exact_x_from_spins", "wolff_unsupported_reason"]
+
+
+def wolff_unsupported_reason(target: object) -> str | None:
+    """None where ``wolff_chains(target.L, target.K, …)`` samples ``target``'s spins exactly (an
+    ``IsingTarget`` with uniform ferromagnetic couplings), else why not. Anisotropic, disordered
+    (glass) and antiferromagnetic couplings are refused: the engine has one bond probability and
+    frustrated bonds defeat cluster algorithms."""
+    from .ising import IsingTarget
+
+    if type(target) is not IsingTarget:  # a subclass may change the couplings: refuse it too
+        return (f"Wolff cluster updates need the uniform ferromagnetic Ising model (IsingTarget with K > 0), "
+                f"not a {type(target).__name__}")
+    if not target.is_uniform:
+        return (f"Wolff cluster updates need uniform couplings; this target has {target.bond_kind} bonds "
+                f"(site-dependent or frustrated couplings: use physical_hmc or parallel_tempering)")
+    if not target.K > 0:
+        return f"Wolff cluster updates need a ferromagnetic coupling K > 0, got K = {target.K}"
+    return None
 
 
 @dataclass

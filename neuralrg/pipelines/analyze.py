@@ -75,10 +75,11 @@ from ..analysis.response import has_preconditioner, response_analysis
 from ..analysis.rg_organisation import rg_organisation
 from ..checkpoint import load_flow, resolve_checkpoint, target_summary
 from ..plotting import save_figure
+from ..sampling.progress import NULL_PROGRESS, Progress
 from ..sampling.registry import available, resolve_settings, run_sampler
 from ..spec import dtype_name, parse_dtype
 from .runs import resolve_device, run_output_dir
-from .tracking import close_run, open_run
+from .tracking import close_run, open_run, training_run_info
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,8 @@ def exact_samplers() -> list[str]:
     return sorted(n for n, spec in available().items() if spec.exact and spec.needs_flow) + [AUTO]
 
 
-def draw_exact_samples(flow: Any, sampler: str, settings: dict[str, Any], generator: torch.Generator
-                       ) -> tuple[torch.Tensor, dict[str, Any]]:
+def draw_exact_samples(flow: Any, sampler: str, settings: dict[str, Any], generator: torch.Generator,
+                       progress: Progress | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Exact samples x ~ p (M, L, L) by a registry ``sampler`` (or auto); returns (x, info for the JSON)."""
     if sampler not in exact_samplers():
         raise ValueError(f"sampler must be one of {exact_samplers()}, got {sampler!r}")
@@ -148,7 +149,7 @@ def draw_exact_samples(flow: Any, sampler: str, settings: dict[str, Any], genera
                                                                      max_keep=16)), generator)
         info["probe_acceptance"] = probe.accept
         sampler = "flow_metropolis" if probe.accept >= settings["min_metropolis_acceptance"] else "latent_hmc"
-    run = run_sampler(sampler, flow, flow.target, resolve_settings(sampler, settings), generator)
+    run = run_sampler(sampler, flow, flow.target, resolve_settings(sampler, settings), generator, progress=progress)
     info.update(sampler=run.sampler, acceptance=run.accept, wall_time_s=run.wall_time,
                 sampler_settings=run.settings)
     return run.x.detach(), info
@@ -188,8 +189,9 @@ def _mi_summary(level_pairs: list[dict[str, Any]], physical: list[dict[str, Any]
 
 def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = None,
                     response: dict[str, Any] | None = None, landscape: dict[str, Any] | None = None,
-                    seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """All statistics for exact samples x ~ p (M, L, L) of ``flow``'s target.
+                    seed: int = 0, progress: Progress | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """All statistics for exact samples x ~ p (M, L, L) of ``flow``'s target (``progress``: one
+    stage each for latents, MI estimation, response, landscape).
 
     Returns (results, arrays): results are the analysis.json sections level_stats,
     physical_pairs, mi_estimator, mi_summary, latent_levels, response, response_physical,
@@ -206,6 +208,18 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
     methods = list(mi["methods"])
     pair_kw = dict(methods=methods, ksg_k=int(mi["k"]), max_samples=mi["max_samples"], seed=int(seed))
     timing: dict[str, float] = {}
+    prog = progress if progress is not None else NULL_PROGRESS
+    running = [False]
+
+    def stage(name: str | None) -> None:  # one unit per stage: these estimators report no inner steps
+        if running[0]:
+            prog.update(1)
+            prog.finish()
+        running[0] = name is not None
+        if name is not None:
+            prog.start(name, 1)
+
+    stage("latents z = g⁻¹(x)")
     t0 = time.perf_counter()
     gen = torch.Generator(device=flow.device).manual_seed(int(seed) + 1)
     x = x.to(flow.device, flow.dtype)
@@ -215,6 +229,7 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
     z_cpu, x_cpu, y_cpu = z.detach().cpu(), x.detach().cpu(), y.detach().cpu()
     timing["latents_s"] = time.perf_counter() - t0
 
+    stage(f"MI estimation ({', '.join(methods)})")
     t0 = time.perf_counter()
     moments = level_moments(z_cpu, levels)
     pairs = level_pair_statistics(z_cpu, levels, **pair_kw)
@@ -224,6 +239,7 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
     physical = physical_pair_statistics(x_cpu, distances, **pair_kw)
     timing["statistics_s"] = time.perf_counter() - t0
 
+    stage("response maps")
     t0 = time.perf_counter()
     rkw = dict(n_latents=int(response["n_latents"]), n_configs=int(response["n_configs"]), seed=int(seed))
     resp, maps, cones = response_analysis(flow, z, **rkw)
@@ -232,6 +248,7 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
         resp_x, maps_x, _ = response_analysis(flow, z, physical=True, **rkw)
     timing["response_s"] = time.perf_counter() - t0
 
+    stage("coarse latents and landscape")
     t0 = time.perf_counter()
     obs_y = flow.target.observables(y_cpu.double())  # y: x in the flow's sign convention (= x without Z2)
     coarse = coarse_latent_correlations(z_cpu, obs_y["m"], obs_y["energy"], levels)
@@ -249,6 +266,7 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
                 "(BC > 5/9, small density_ratio_at_zero) marks the phase barrier the flow cannot fully remove",
     }
     timing["coarse_and_landscape_s"] = time.perf_counter() - t0
+    stage(None)
 
     results = {
         "latent_levels": {"n_levels": n_levels,
@@ -361,8 +379,9 @@ def scalar_metrics(result: dict[str, Any]) -> dict[str, float]:
 def log_to_wandb(out: Path, result: dict[str, Any], figures: Sequence[str], wandb_cfg: dict[str, Any]) -> bool:
     """Log the headline numbers and figures to W&B (``tracking``); never raises. Returns True on success."""
     t = result["target"]
-    run = open_run(project=wandb_cfg.get("project") or "neuralrg", name=wandb_cfg.get("name") or f"analysis_L{t['L']}",
-                   dir=str(out), mode=wandb_cfg.get("mode"), job_type="analyze",
+    info = training_run_info(result["run"])  # grouped with the training run, in its project
+    run = open_run(project=wandb_cfg.get("project") or info["project"], name=wandb_cfg.get("name") or f"analysis_L{t['L']}",
+                   dir=str(out), mode=wandb_cfg.get("mode"), job_type="analyze", group=info["group"],
                    config={"run": result["run"], "target": t, "model": result["model"], "sampling": result["sampling"]})
     if run is None:
         return False
@@ -386,15 +405,16 @@ def run_analysis(*, run: str | Path, out_dir: str | Path | None = None, sampler:
                  L: int | None = None, K: float | None = None, seed: int = 0, device: str = "auto",
                  dtype: str | None = None, mi: dict[str, Any] | None = None,
                  response: dict[str, Any] | None = None, landscape: dict[str, Any] | None = None,
-                 figures: bool = True, logger: str = "none", wandb: dict[str, Any] | None = None
-                 ) -> dict[str, Any]:
+                 figures: bool = True, logger: str = "none", wandb: dict[str, Any] | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
     """Analyse the flow of ``run`` (run directory or .ckpt) and write the outputs.
 
     sampler: latent_hmc | flow_metropolis | auto (ignored when ``samples`` names a samples.npz
     of exact draws); settings: chain sizes (``DEFAULT_SETTINGS``); L / K: expected lattice size
     and coupling (checked against the checkpoint); dtype: float32 | float64 | None (the
     checkpoint's); mi / response / landscape: estimator options (``DEFAULT_MI`` …);
-    logger: none | wandb. Returns the analysis.json content plus "out_dir".
+    logger: none | wandb; progress: a ``sampling.progress.Progress`` for the long stages. Returns
+    the analysis.json content plus "out_dir".
     """
     settings = _merged(DEFAULT_SETTINGS, settings, "settings")
     mi_cfg = _merged(DEFAULT_MI, mi, "mi")
@@ -422,9 +442,10 @@ def run_analysis(*, run: str | Path, out_dir: str | Path | None = None, sampler:
         x = load_samples(samples, flow.L)
         info: dict[str, Any] = {"sampler": "samples_file", "path": str(samples), "acceptance": None}
     else:
-        x, info = draw_exact_samples(flow, sampler, settings, gen)
+        x, info = draw_exact_samples(flow, sampler, settings, gen, progress)
     sampling_s = time.perf_counter() - t0
-    results, arrays = analyze_samples(flow, x, mi=mi_cfg, response=resp_cfg, landscape=land_cfg, seed=seed)
+    results, arrays = analyze_samples(flow, x, mi=mi_cfg, response=resp_cfg, landscape=land_cfg, seed=seed,
+                                      progress=progress)
     results["timing"]["sampling_s"] = sampling_s
     info.update(settings=settings, n_configurations=int(x.shape[0]), exact=True,
                 requested_sampler=sampler if not samples else None)
@@ -437,7 +458,7 @@ def run_analysis(*, run: str | Path, out_dir: str | Path | None = None, sampler:
         "run": str(run), "checkpoint": str(resolve_checkpoint(run)), "created": datetime.now().isoformat(),
         "target": target_summary(t), "model": dict(flow.config),
         "device": str(flow.device), "dtype": dtype_name(flow.dtype), "seed": seed,
-        "sampling": info, **results,
+        "threads": torch.get_num_threads(), "sampling": info, **results,
     }
     result["figures"] = write_figures(out, results, arrays) if figures else []
     result = _jsonable(result)

@@ -12,12 +12,19 @@ relaxation's total energy), latent_levels (L, L); and ``<sampler>__m2`` / ``<sam
 (C, T) series of every sampler. summary.json: target, model, settings and, per sampler,
 ``summarize_run`` (settings, acceptance, τ_int, ESS/s, observables ± err, deviation_sigma);
 with ``importance_samples``, ``importance_sampling`` (F_q, IS ln Z, ESS of the flow) and, for a
-flow without Z2, ``importance_sampling_z2`` (the same for its symmetrised density q_sym).
+flow without Z2, ``importance_sampling_z2`` (the same for its symmetrised density q_sym);
+``threads`` (torch's intra-op threads during the run); with ``max_time``: ``max_time_s`` and
+``partial`` (true if any sampler stopped at its share of the budget; per sampler ``partial``,
+``trajectories_kept`` of ``trajectories_requested``; error bars are from the kept part).
+With ``log_to="wandb"`` the run is logged to W&B in the training run's project and group
+(``log_to_wandb``), and the training run's summary.json gains ``sampling`` (``training_record``).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +36,15 @@ from ..plotting import plot_configurations, plot_latent_levels, plot_traces, sav
 from ..physics.statistics import autocorrelation
 from ..sampling.chains import ChainRun, summarize_run
 from ..sampling.importance import draw_log_weights, format_is_estimate, variational_summary
+from ..sampling.progress import Progress
 from ..sampling.registry import (available, check_common_keys, check_supported, get_sampler, resolve_settings,
                                  run_sampler, unsupported_reason)
 from ..spec import dtype_name
+from .cli import parse_duration
 from .runs import resolve_device, run_output_dir
+from .tracking import close_run, log_images, open_run, training_run_info, update_training_run
+
+log = logging.getLogger("neuralrg")
 
 COMPARE = ("latent_hmc", "physical_hmc", "flow_metropolis", "wolff")
 HEAVY_TAIL_ESS = 0.1  # flow-Metropolis runs below this importance-sampling ESS/M get a warning
@@ -80,7 +92,9 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out_dir: str | None = None,
                  L: int | None = None, K: float | None = None, expect: dict[str, Any] | None = None,
                  seed: int = 0, device: str = "auto", importance_samples: int = 0, figures: bool = True,
-                 symmetrize: bool = True, per_sampler: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                 symmetrize: bool = True, per_sampler: dict[str, dict[str, Any]] | None = None,
+                 max_time: float | str | None = None, progress: Progress | None = None,
+                 log_to: str = "none", wandb: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``samplers`` (registry names) on the flow of ``run`` (run dir or .ckpt), write the outputs.
 
     ``symmetrize``: sample with the Z2-symmetrised flow q_sym (random global sign; latent HMC
@@ -89,9 +103,23 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
     inverse pass per density evaluation. ``settings``: shared by all samplers (each takes the
     keys it knows); ``per_sampler``: settings of one sampler, e.g. {"physical_hmc": {"n_samples": 8000}}.
     ``L`` / ``K`` / ``expect``: expected target parameters of the checkpoint; ``importance_samples``:
-    0, or M ≥ 2 flow samples for ln Z and ESS. Returns the summary (plus ``out_dir``). Bad input
-    raises ``ValueError`` (``CheckpointError`` for checkpoints) before anything is written.
+    0, or M ≥ 2 flow samples for ln Z and ESS. ``max_time``: wall-time budget of the sampling
+    ("10m", "90s", "1h" or seconds; also read from ``settings["max_time"]``), shared by the
+    samplers in turn (each gets an equal share of what is left, after its warm-up) and stopped
+    cleanly: partial results are flagged. ``progress``: a ``sampling.progress.Progress``.
+    ``log_to``: none | wandb (``wandb``: project / name / mode overrides). Returns the summary
+    (plus ``out_dir``). Bad input raises ``ValueError`` (``CheckpointError`` for checkpoints)
+    before anything is written.
     """
+    settings = dict(settings or {})
+    if "max_time" in settings:
+        max_time = settings.pop("max_time") if max_time is None else max_time
+        settings_record = {**settings, "max_time": max_time}
+    else:
+        settings_record = settings
+    budget = parse_duration(max_time)
+    if log_to not in ("none", "wandb"):
+        raise ValueError(f"log_to must be 'none' or 'wandb', got {log_to!r}")
     resolved = sampler_settings(samplers, settings, per_sampler)
     if not _is_int(importance_samples) or importance_samples < 0 or importance_samples == 1:
         raise ValueError(f"importance_samples must be 0 (skip) or an integer >= 2, got {importance_samples!r}")
@@ -108,16 +136,23 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
 
     results: dict[str, Any] = {}
     runs: dict[str, ChainRun] = {}
-    for name in samplers:
-        r = run_sampler(name, flow, target, resolved[name], gen)
+    spent = 0.0  # sampling seconds (after warm-up) used so far
+    for i, name in enumerate(samplers):
+        share = None if budget is None else max(budget - spent, 0.0) / (len(samplers) - i)
+        r = run_sampler(name, flow, target, resolved[name], gen, progress=progress, max_time=share)
         runs[name] = r
         results[name] = summarize_run(r, target)
+        spent += r.seconds_per_step * results[name]["trajectories_kept"]
     summary: dict[str, Any] = {
         "run": str(run), "checkpoint": str(resolve_checkpoint(run)), "target": target_summary(target),
         "model": flow.config, "device": str(flow.device), "dtype": dtype_name(flow.dtype),
-        "seed": seed, "settings": settings, "per_sampler": per_sampler or {}, "resolved_settings": resolved,
+        "threads": torch.get_num_threads(),
+        "seed": seed, "settings": settings_record, "per_sampler": per_sampler or {}, "resolved_settings": resolved,
         "symmetrized": flow.z2, "trained_with_z2": trained_z2, "samplers": results,
     }
+    if budget is not None:
+        summary["max_time_s"] = budget
+        summary["partial"] = any(r["partial"] for r in results.values())
     if skipped:
         summary["skipped"] = skipped
     if importance_samples:
@@ -125,10 +160,11 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
         # tends to cover one sign of m, and then the plain ln Ẑ misses ln 2
         symmetrized, flow.z2 = flow.z2, trained_z2
         try:
-            summary["importance_sampling"] = importance_summary(flow, importance_samples, gen)
+            summary["importance_sampling"] = importance_summary(flow, importance_samples, gen, progress)
             if not trained_z2 and target.z2_symmetric:
                 flow.z2 = True
-                summary["importance_sampling_z2"] = importance_summary(flow, importance_samples, gen)
+                summary["importance_sampling_z2"] = importance_summary(flow, importance_samples, gen, progress,
+                                                                       "importance sampling (Z2)")
         finally:
             flow.z2 = symmetrized
 
@@ -144,9 +180,73 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
     _atomic_write(out / "samples.npz", lambda p: _save_npz(p, np_arrays))
     if figures:
         write_figures(out, flow, runs)
+    if log_to == "wandb" and ((wandb or {}).get("mode") or os.environ.get("WANDB_MODE", "offline")) != "disabled":
+        summary["wandb_logged"] = log_to_wandb(out, summary, dict(wandb or {}))
+        summary["training_run_updated"] = update_training_run(training_run_info(run), "sampling",
+                                                              training_record(summary, out), (wandb or {}).get("mode"))
     _atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, default=float)))
     summary["out_dir"] = str(out)
     return summary
+
+
+TABLE_COLUMNS = ["sampler", "acceptance", "seconds_per_trajectory", "tau_int_m2", "tau_int_energy", "ess_per_second",
+                 "headline", "mean", "err", "deviation_sigma", "partial", "trajectories_kept"]
+
+
+def comparison_rows(summary: dict[str, Any]) -> list[list[Any]]:
+    """One row per sampler (``TABLE_COLUMNS``): the printed table as data."""
+    rows = []
+    for name, r in summary["samplers"].items():
+        head = r.get("headline", "energy_per_site")
+        e = r["observables"][head]
+        rows.append([name, r["acceptance"], r["seconds_per_trajectory"], r["tau_int"]["m2"]["trajectories"],
+                     r["tau_int"]["energy"]["trajectories"], r["ess_per_second"], head, e["mean"], e["err"],
+                     r["deviation_sigma"].get(head), r["partial"], r["trajectories_kept"]])
+    return rows
+
+
+def training_record(summary: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The final sampling numbers the training run's summary gains (``tracking.update_training_run``)."""
+    rec: dict[str, Any] = {"out_dir": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                           "partial": summary.get("partial", False),
+                           "samplers": {row[0]: dict(zip(TABLE_COLUMNS[1:], row[1:])) for row in comparison_rows(summary)}}
+    for key in ("importance_sampling", "importance_sampling_z2"):
+        if key in summary:
+            rec[key] = {k: summary[key].get(k) for k in ("is_log_z_per_site", "is_log_z_per_site_err",
+                                                          "ess_fraction", "is_khat", "free_energy_per_site")}
+    return rec
+
+
+def log_to_wandb(out: Path, summary: dict[str, Any], cfg: dict[str, Any]) -> bool:
+    """Log a sampling run to W&B (``tracking``): project and group of the training run, job_type
+    sample; the comparison table, the figures written to ``out`` (traces with autocorrelations,
+    samples, latents) and, in the run summary, τ_int, ESS/s and the IS ln Z / ESS / k̂. Never raises."""
+    info = training_run_info(summary["run"])
+    t = summary["target"]
+    run = open_run(project=cfg.get("project") or info["project"], name=cfg.get("name") or f"sample_L{t.get('L')}",
+                   dir=str(out), mode=cfg.get("mode"), job_type="sample", group=info["group"],
+                   config={"run": summary["run"], "target": t, "model": summary["model"],
+                           "settings": summary["resolved_settings"], "seed": summary["seed"],
+                           "training_wandb_id": info["wandb_id"], "max_time_s": summary.get("max_time_s")})
+    if run is None:
+        return False
+    try:
+        import wandb
+
+        run.log({"sampler_comparison": wandb.Table(columns=TABLE_COLUMNS, data=comparison_rows(summary))})
+        log_images(run, sorted(out.glob("*.png")))
+    except Exception as exc:  # noqa: BLE001 - W&B must never cost the sampling
+        log.warning("W&B logging failed (%s: %s); the outputs on disk are complete", type(exc).__name__, exc)
+        close_run(run, failed=True)
+        return False
+    numbers = {"samplers": {n: {k: v for k, v in r.items() if k in ("acceptance", "ess_per_second", "tau_int",
+                                                                      "seconds_per_trajectory", "trajectories_kept")}
+                            for n, r in summary["samplers"].items()}}
+    for key in ("importance_sampling", "importance_sampling_z2"):
+        if key in summary:
+            numbers[key] = summary[key]
+    close_run(run, numbers, prefix="")
+    return True
 
 
 def applicable_samplers(samplers: list[str], target: Any) -> tuple[dict[str, str], list[str]]:
@@ -163,9 +263,10 @@ def applicable_samplers(samplers: list[str], target: Any) -> tuple[dict[str, str
     return skipped, kept
 
 
-def importance_summary(flow: Any, n_samples: int, generator: torch.Generator) -> dict[str, float]:
+def importance_summary(flow: Any, n_samples: int, generator: torch.Generator, progress: Progress | None = None,
+                       stage: str = "importance sampling") -> dict[str, float]:
     """``variational_summary`` (F_q, IS ln Z, ESS) of ``n_samples`` fresh flow samples."""
-    lq, lp = draw_log_weights(flow, n_samples, generator=generator)
+    lq, lp = draw_log_weights(flow, n_samples, generator=generator, progress=progress, stage=stage)
     return variational_summary(lq, lp, flow.n_sites, flow.target.log_z)
 
 
@@ -202,10 +303,16 @@ def format_table(summary: dict[str, Any]) -> str:
                     f"{flag(tm) + format(tm['trajectories'], '.1f'):>9} {flag(te) + format(te['trajectories'], '.1f'):>8} "
                     f"{r['ess_per_second']:9.2f} {e['mean']:>11.5f} ± {e['err']:.5f} "
                     f"{r['deviation_sigma'].get(head, float('nan')):6.2f}{'' if te['converged'] else '*'}"
-                    f"{'†' if name == 'flow_metropolis' and heavy_tails is not None else ''}")
+                    f"{'†' if name == 'flow_metropolis' and heavy_tails is not None else ''}"
+                    f"{' [partial]' if r.get('partial') else ''}")
     rows.append(("" if exact_e is None else f"exact {head.replace('_', ' ')}: {exact_e:.6f}   ")
                 + "('>': τ_int window not converged, lower bound;\n"
                 "'*': so the error bar is too small and the deviation in σ overstated — run longer chains)")
+    for name, r in summary["samplers"].items():
+        if r.get("partial"):
+            rows.append(f"[partial] {name}: stopped at its share of max_time = {summary.get('max_time_s', float('nan')):.0f} s "
+                        f"after {r['trajectories_kept']}/{r['trajectories_requested']} trajectories; error bars are "
+                        "from those (a short run: check the '>' and '*' flags)")
     for name, reason in summary.get("skipped", {}).items():
         rows.append(f"skipped {name}: {reason}")
     if heavy_tails is not None:

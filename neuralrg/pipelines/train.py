@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import WandbLogger
 
 from ..checkpoint import META_KEY, CheckpointError, flow_metadata, load_flow, read_checkpoint, target_summary
@@ -40,7 +40,9 @@ from ..physics.target import same_spec
 from ..sampling.importance import evaluate_flow, format_is_estimate
 from ..spec import parse_dtype
 from ..training.data import StepIndices
-from ..training.module import FIT_FINGERPRINTS_KEY, FIT_STEP_KEY, FlowModule, NonFiniteLossError, ignore_known_warnings
+from ..training.module import FIT_DATA_TIME_KEY, FIT_FINGERPRINTS_KEY, FIT_STEP_KEY, FlowModule, NonFiniteLossError, ignore_known_warnings
+from .budget import max_time_string, plan_budget
+from .cli import parse_duration
 from .resume import record_resume, resume_config
 from .rundir import RunDirectoryError, check_run_dir, launched_rank
 from .tracking import close_run
@@ -154,6 +156,25 @@ def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], failed: bool) ->
             close_run(lg.experiment, {k: v for k, v in summary.items() if k != "exact"}, failed=failed)
 
 
+def apply_budget(cfg: DictConfig, ckpt_path: str | None = None) -> dict[str, Any]:
+    """``budget=10m``: set ``steps`` (and so the learning-rate schedule) from a measured step time
+    (``pipelines.budget.plan_budget``) and ``trainer.max_time`` as a safety net; ``budget`` is then
+    cleared in the config (config.yaml records the chosen steps, summary.json the plan). Single
+    device only: DDP ranks would each measure their own plan."""
+    budget_s = parse_duration(cfg.get("budget"), "budget")
+    if "ddp" in str((cfg.get("trainer") or {}).get("strategy", "")):
+        raise ValueError("budget needs a single-device run (each DDP rank would plan its own steps); give steps instead")
+    done = int(read_checkpoint(ckpt_path).get("global_step", 0)) if ckpt_path else 0
+    plan = plan_budget(cfg, budget_s, build_module, done_steps=done)
+    with open_dict(cfg):
+        cfg.steps = plan["steps"]
+        cfg.budget = None
+        cfg.trainer.max_time = max_time_string(plan["max_time_s"])
+    log.info("budget %.0f s: %d steps of %.3g s on %s (probe %.1f s, final evaluation ~%.1f s)", budget_s,
+             plan["planned_new_steps"], plan["step_time_s"], plan["device"], plan["probe_s"], plan["final_eval_s"])
+    return plan
+
+
 def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
                  overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Train as configured; returns the summary (also written to <run_dir>/summary.json).
@@ -178,6 +199,7 @@ def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
     first_rank = launched_rank() == 0
     if first_rank:
         check_run_dir(run_dir, ckpt_path)
+    plan = apply_budget(cfg, ckpt_path) if cfg.get("budget") is not None else None
     run_dir.mkdir(parents=True, exist_ok=True)
     _pin_hydra_run_dir(run_dir)
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
@@ -213,6 +235,8 @@ def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
         summary: dict[str, Any] = {}
         if trainer.is_global_zero:
             summary = _summarise(cfg, trainer, module, status, wall)
+            if plan is not None:
+                summary["budget"] = {**plan, "stopped_by_max_time": summary["steps"] < plan["steps"]}
             if applied is not None:
                 summary["resumed_with"] = applied
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -243,6 +267,7 @@ def _summarise(cfg: DictConfig, trainer: pl.Trainer, module: FlowModule, status:
         "device": str(flow.device) + (f" ({torch.cuda.get_device_name(flow.device)})"
                                       if flow.device.type == "cuda" else ""),
         "world_size": trainer.world_size,
+        "threads": torch.get_num_threads(),
         "steps": steps,
         "batch_size": int(cfg.batch_size),
         "wall_time_s": wall,
@@ -250,6 +275,8 @@ def _summarise(cfg: DictConfig, trainer: pl.Trainer, module: FlowModule, status:
         "exact": target.exact(),
         "rank_sample_fingerprints": fingerprints,
     }
+    if FIT_DATA_TIME_KEY in metrics:  # exact-data generation (loss.name=data), part of wall_time_s
+        summary["data_generation_s"] = float(metrics[FIT_DATA_TIME_KEY])
     if status == "completed":
         summary.update(final_evaluation(flow, int(cfg.final_eval_samples)))
     return summary

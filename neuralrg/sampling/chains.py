@@ -29,6 +29,8 @@ class ChainRun:
     for Z2); energy (M,) = E(x), the target's total energy. start: the chains' initial state (z
     for latent HMC, x otherwise), (C, L, L). accept: mean acceptance (probability for HMC, rate
     for Metropolis); seconds_per_step: wall time of one trajectory / step of all chains.
+    partial: the run was stopped by its time budget (``max_time``) before ``n_samples``; its
+    observables then hold the T < n_samples steps sampled.
     """
 
     sampler: str
@@ -42,6 +44,7 @@ class ChainRun:
     wall_time: float
     settings: dict[str, Any] = field(default_factory=dict)
     start: torch.Tensor | None = None
+    partial: bool = False
 
 
 def sync(t: torch.Tensor) -> None:
@@ -111,7 +114,8 @@ def physical_outputs(flow: Any | None, target: LatticeTarget, x: torch.Tensor
 
 def summarize_run(run: ChainRun, target: LatticeTarget, c: float = 6.0) -> dict[str, Any]:
     """Observables ± errors (τ_int-aware, ``target.summarize``), τ_int of m2 and energy in
-    trajectories and seconds, ESS/s of m2, and deviations from ``target.exact()`` in σ."""
+    trajectories and seconds, ESS/s of m2, and deviations from ``target.exact()`` in σ. A
+    ``partial`` run (time budget) is summarised from the T steps it kept (``trajectories_kept``)."""
     obs = {k: v.detach().to("cpu", torch.float64) for k, v in run.observables.items()}
     summary = target.summarize(obs, c=c)
     exact = target.exact()
@@ -137,6 +141,9 @@ def summarize_run(run: ChainRun, target: LatticeTarget, c: float = 6.0) -> dict[
         "ess_energy_per_second": ess_e / seconds,
         "observables": summary,
         "headline": target.headline,
+        "partial": run.partial,
+        "trajectories_kept": T,
+        "trajectories_requested": int(run.settings.get("n_samples", T)),
         "exact": {k: exact[k] for k in common},
     }
     out["deviation_sigma"] = {k: (summary[k]["mean"] - exact[k]) / summary[k]["err"]

@@ -25,6 +25,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .progress import NULL_PROGRESS, Deadline, Progress
+
 Tensor = torch.Tensor
 PotentialFn = Callable[[Tensor], Tensor]
 PotentialAndGradFn = Callable[[Tensor], "tuple[Tensor, Tensor]"]
@@ -298,6 +300,7 @@ class HMCResult:
     total and the part spent in warm-up (includes the initial evaluation).
     warmup_time, sampling_time: wall seconds (CUDA-synchronised).
     x_final: (C, *event_shape) last state, e.g. to continue the chains.
+    n_kept: kept trajectories (T; fewer than n_samples when ``partial``: stopped by ``max_time``).
     """
 
     samples: Tensor | None
@@ -311,6 +314,8 @@ class HMCResult:
     warmup_time: float
     sampling_time: float
     x_final: Tensor
+    n_kept: int = 0
+    partial: bool = False
 
     @property
     def mean_accept(self) -> Tensor:
@@ -333,7 +338,8 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
             step_size: float | Tensor | Sequence[float] = 0.1, n_leapfrog: int = 10,
             target_accept: float = 0.8, adapt: bool = True, blocks: Sequence[Tensor] | None = None,
             thin: int = 1, observe: ObserveFn | None = None, generator: torch.Generator | None = None,
-            grad_fn: PotentialAndGradFn | None = None, keep_samples: bool = False) -> HMCResult:
+            grad_fn: PotentialAndGradFn | None = None, keep_samples: bool = False,
+            progress: Progress | None = None, max_time: float | None = None) -> HMCResult:
     """Run C batched HMC chains from ``x0`` (C, *event_shape): warm-up, then sampling.
 
     One trajectory = one HMC move per block, cycling through ``blocks`` (a list of masks,
@@ -344,6 +350,9 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     (-> dict of (C,) tensors, called under no_grad) and U are recorded, and the states too if
     ``keep_samples``. ``grad_fn(x) -> (U, ∇U)`` replaces autograd through ``potential``
     (then ``potential`` may be None). ``step_size`` is one initial value or one per block.
+    ``progress`` hears of every trajectory (stages "warm-up", "sampling"); ``max_time``: wall
+    seconds for the sampling phase (after warm-up): the chains then stop after the current
+    trajectory, keeping at least 2 (``HMCResult.partial``, ``n_kept``).
     """
     _check_state(x0, "x0")
     _check_int(n_warmup, "n_warmup", 0)
@@ -373,6 +382,8 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     duals = [DualAveraging(s, float(target_accept)) for s in steps] if adapt else None
     pg = grad_fn if grad_fn is not None else make_potential_and_grad(potential)
 
+    prog = progress if progress is not None else NULL_PROGRESS
+    deadline = Deadline(max_time)
     x = x0.detach().clone()
     C, dev = x.shape[0], x.device
     _sync(x)
@@ -386,6 +397,9 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     n_grad = 1
 
     warm_acc = torch.zeros((n_warmup, n_blocks), dtype=x.dtype, device=dev)
+    report = progress is not None
+    if n_warmup:
+        prog.start("warm-up", n_warmup)
     for it in range(n_warmup):
         for b, mask in enumerate(masks):
             x, U, grad, a, _ = _hmc_step(x, U, grad, pg, steps[b], n_leapfrog, mask, generator)
@@ -393,8 +407,12 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
             warm_acc[it, b] = a.mean()
             if duals is not None:
                 steps[b] = duals[b].adapt(a)
+        if report:
+            prog.update(1, accept=float(warm_acc[it].mean()), step_size=steps[0])
     if duals is not None:
         steps = [d.final_step_size for d in duals]
+    if n_warmup:
+        prog.finish(f"step size {steps[0]:.4g}")
     n_grad_warmup = n_grad
     _sync(x)
     t_warm = time.perf_counter()
@@ -404,11 +422,18 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     pot = torch.empty((C, n_samples), dtype=U.dtype, device=dev)
     samples = torch.empty((n_samples,) + tuple(x.shape), dtype=x.dtype, device=dev) if keep_samples else None
     obs: dict[str, Tensor] = {}
+    prog.start("sampling", S)
+    deadline.begin()
+    acc_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    n_kept, done = n_samples, S
     for s in range(S):
         for b, mask in enumerate(masks):
             x, U, grad, a, _ = _hmc_step(x, U, grad, pg, steps[b], n_leapfrog, mask, generator)
             n_grad += n_leapfrog
             accept[s, b] = a
+        if report:
+            acc_sum += accept[s].mean()
+            prog.update(1, accept=float(acc_sum) / (s + 1), step_size=steps[0])
         if (s + 1) % thin:
             continue
         k = s // thin
@@ -427,10 +452,21 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
                 if name not in obs:
                     obs[name] = torch.empty((C, n_samples), dtype=v.dtype, device=v.device)
                 obs[name][:, k] = v.detach()
+        if k >= 1 and k + 1 < n_samples and deadline.expired():
+            n_kept, done = k + 1, s + 1
+            break
     _sync(x)
     t_end = time.perf_counter()
+    partial = n_kept < n_samples
+    if partial:
+        accept, pot = accept[:done], pot[:, :n_kept]
+        obs = {name: v[:, :n_kept] for name, v in obs.items()}
+        samples = samples[:n_kept] if samples is not None else None
+    prog.finish(f"stopped at the time budget after {n_kept}/{n_samples} kept trajectories" if partial
+                else f"acceptance {float(accept.mean()):.3f}")
 
     return HMCResult(samples=samples, observables=obs, potential=pot, accept_prob=accept,
                      warmup_accept_prob=warm_acc, step_size=torch.tensor(steps, dtype=torch.float64),
                      n_grad_evals=n_grad, n_grad_evals_warmup=n_grad_warmup,
-                     warmup_time=t_warm - t_start, sampling_time=t_end - t_warm, x_final=x)
+                     warmup_time=t_warm - t_start, sampling_time=t_end - t_warm, x_final=x,
+                     n_kept=n_kept, partial=partial)

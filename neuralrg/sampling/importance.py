@@ -12,25 +12,34 @@ from typing import Any
 import torch
 
 from .metropolis import metropolis_acceptance
+from .progress import NULL_PROGRESS, Progress
 from ..physics.importance import MIN_SAMPLES, importance_diagnostics
 from ..physics.statistics import ess_fraction, importance_log_z
 
 
 @torch.no_grad()
 def draw_log_weights(flow: Any, n_samples: int, batch_size: int = 1024,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``n_samples`` from the flow; return (log q (M,), log p̃ (M,)) in float64."""
+                     generator: torch.Generator | None = None, progress: Progress | None = None,
+                     stage: str = "importance sampling") -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``n_samples`` from the flow; return (log q (M,), log p̃ (M,)) in float64.
+    ``progress`` hears of every batch (``stage``, in samples)."""
     if int(n_samples) < 2:
         raise ValueError(f"n_samples must be >= 2, got {n_samples}")
     log_q, log_p = [], []
     left = int(n_samples)
+    prog = progress if progress is not None else NULL_PROGRESS
+    prog.start(stage, left)
     while left > 0:
         b = min(left, int(batch_size))
         _, x, lq = flow.sample_with_latent(b, generator=generator)
         log_q.append(lq.to(torch.float64))
         log_p.append(flow.target.log_prob(x).to(torch.float64))
         left -= b
-    return torch.cat(log_q), torch.cat(log_p)
+        prog.update(b)
+    lq, lp = torch.cat(log_q), torch.cat(log_p)
+    if progress is not None:
+        prog.finish(f"ESS/M {ess_fraction(lp - lq):.3g}")
+    return lq, lp
 
 
 def variational_summary(log_q: torch.Tensor, log_p: torch.Tensor, n_sites: int,

@@ -24,13 +24,16 @@ import torch
 
 from ..physics.target import LatticeTarget
 from .chains import ChainRun
+from .progress import NULL_PROGRESS, Prefixed, Progress
 
-RunFn = Callable[[Any, LatticeTarget, dict, "torch.Generator | None"], ChainRun]
+RunFn = Callable[..., ChainRun]
 
 
 @dataclass(frozen=True)
 class Sampler:
-    """One sampling rule. ``run(flow, target, settings, generator) -> ChainRun``; ``flow`` may be
+    """One sampling rule. ``run(flow, target, settings, generator, progress=, max_time=) -> ChainRun``
+    (``progress``: a ``sampling.progress.Progress``; ``max_time``: wall seconds after warm-up, then
+    a clean stop with ``ChainRun.partial``, or None); ``flow`` may be
     None when ``needs_flow`` is False. ``defaults``: every settings key it takes, with its
     default. ``exact``: its chains sample p exactly (analysis may use it). ``validate``:
     extra checks of its own settings (ValueError), after the common ones. ``supports``:
@@ -143,11 +146,18 @@ def check_supported(name: str, target: LatticeTarget) -> None:
 
 
 def run_sampler(name: str, flow: Any, target: LatticeTarget, settings: dict[str, Any],
-                generator: torch.Generator | None = None) -> ChainRun:
+                generator: torch.Generator | None = None, *, progress: Progress | None = None,
+                max_time: float | None = None) -> ChainRun:
     """Run sampler ``name`` with already resolved ``settings`` (``resolve_settings``); ValueError
-    if it does not apply to ``target`` (``check_supported``) or needs a flow and has none."""
+    if it does not apply to ``target`` (``check_supported``) or needs a flow and has none.
+    ``progress`` hears of every trajectory (stages prefixed with ``name``); ``max_time``: wall
+    seconds of sampling after warm-up (None: run all ``n_samples``), then a clean, partial stop."""
     spec = get_sampler(name)
     check_supported(name, target)
     if spec.needs_flow and flow is None:
         raise ValueError(f"sampler {name} needs a trained flow")
-    return spec.run(flow, target, settings, generator)
+    if max_time is not None and (isinstance(max_time, bool) or not isinstance(max_time, (int, float))
+                                 or not max_time >= 0):
+        raise ValueError(f"max_time must be a number of seconds >= 0 or None, got {max_time!r}")
+    prog = Prefixed(progress, name) if progress is not None and progress is not NULL_PROGRESS else None
+    return spec.run(flow, target, settings, generator, progress=prog, max_time=max_time)

@@ -304,8 +304,8 @@ class FlowModule(pl.LightningModule):
         res = evaluate_flow(self.flow, self.eval_samples, self.eval_batch_size)
         self.flow.train(was_training)
         self.last_eval = res
-        for k, v in res.items():  # every number the evaluation computes
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+        for k, v in res.items():  # every number the evaluation computes (flags as 0/1)
+            if isinstance(v, (int, float)) and v is not None:
                 self.log(f"eval/{k}", float(v), sync_dist=True)
         self._t_last = None  # don't count evaluation time in samples/s
         return res

@@ -7,6 +7,7 @@ import torch
 
 from ...physics.target import LatticeTarget
 from ..chains import ChainRun
+from ..progress import Progress
 from ..registry import Sampler
 from .latent_hmc import DEFAULTS, level_blocks, run_latent_hmc
 
@@ -20,11 +21,12 @@ def default_blocks(n_levels: int) -> list[list[int]]:
     return [top, fine] if fine else [top]
 
 
-def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None) -> ChainRun:
+def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,
+         progress: Progress | None = None, max_time: float | None = None) -> ChainRun:
     s = dict(s)
     levels = s.pop("block_levels") or default_blocks(flow.n_levels)
     level_blocks(flow, levels)  # clear error before any work
-    return run_latent_hmc(flow, generator=generator, block_levels=levels, **s)
+    return run_latent_hmc(flow, generator=generator, block_levels=levels, progress=progress, max_time=max_time, **s)
 
 
 SAMPLER = Sampler("blocked_latent_hmc", _run, {**DEFAULTS, "block_levels": None},

@@ -11,6 +11,7 @@ from ...physics.statistics import ess_fraction
 from ...physics.target import LatticeTarget
 from ..chains import ChainRun, keep_every, observe_fn, sync
 from ..metropolis import independence_metropolis
+from ..progress import NULL_PROGRESS, Deadline, Progress
 from ..registry import Sampler, check_settings
 
 DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, batch_size=4096, max_keep=2048)
@@ -19,9 +20,12 @@ DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, batch_size=4096, max_k
 @torch.no_grad()
 def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samples: int = 500,
                         batch_size: int = 4096, max_keep: int = 2048,
-                        generator: torch.Generator | None = None) -> ChainRun:
+                        generator: torch.Generator | None = None, progress: Progress | None = None,
+                        max_time: float | None = None) -> ChainRun:
     """C chains, n_warmup + n_samples steps each (the first proposal is the start), log-weights
-    ln p̃(x) − ln q(x)."""
+    ln p̃(x) − ln q(x). ``progress`` hears of every batch of proposals (in steps of all chains);
+    ``max_time``: wall seconds of proposals after warm-up, then the chains stop at the last
+    complete step (>= 2 kept; ``ChainRun.partial``)."""
     check_settings(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, batch_size=batch_size,
                    max_keep=max_keep)
     T = n_warmup + n_samples
@@ -30,12 +34,34 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
     t0 = time.perf_counter()
     obs_fn = observe_fn(flow.target, generator)
     xs, zs, lqs, lws = [], [], [], []
-    left = n_chains * T
-    while left > 0:
-        b = min(left, batch_size)
+    prog = progress if progress is not None else NULL_PROGRESS
+    deadline = Deadline(max_time)
+    warm_draws, drawn, reported = n_chains * n_warmup, 0, 0
+    if n_warmup:
+        prog.start("warm-up", n_warmup)
+    else:
+        prog.start("sampling", n_samples)
+        deadline.begin()
+    while drawn < n_chains * T:
+        b = min(n_chains * T - drawn, batch_size, warm_draws - drawn if drawn < warm_draws else batch_size)
         z, x, lq = flow.sample_with_latent(b, generator=generator)
         xs.append(x), zs.append(z), lqs.append(lq), lws.append(flow.target.log_prob(x) - lq)
-        left -= b
+        drawn += b
+        steps_done = drawn // n_chains
+        prog.update(steps_done - reported)
+        reported = steps_done
+        if n_warmup and drawn == warm_draws:
+            prog.finish()
+            prog.start("sampling", n_samples)
+            deadline.begin()
+        if steps_done >= n_warmup + 2 and deadline.expired():
+            break
+    requested, partial = n_samples, drawn < n_chains * T
+    if partial:  # stopped by the time budget: keep the complete steps
+        T = drawn // n_chains
+        n_samples = T - n_warmup
+        xs, zs, lqs, lws = ([torch.cat(v)[: n_chains * T]] for v in (xs, zs, lqs, lws))
+    prog.finish(f"stopped at the time budget after {n_samples}/{requested} steps" if partial else "")
     # proposal t of chain c is draw t·C + c
     x_all = torch.cat(xs).reshape(T, n_chains, L, L).transpose(0, 1)  # (C, T, L, L)
     z_all = torch.cat(zs).reshape(T, n_chains, L, L).transpose(0, 1)
@@ -60,13 +86,14 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
     klq = lq_all[rows, sel].reshape(-1)[:max_keep]
     return ChainRun("flow_metropolis", observables, kx, kz, klq, flow.target.energy(kx),
                     float(acc[:, n_warmup:].to(torch.float64).mean()), wall / T, wall,
-                    dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples,
+                    dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=requested,
                          ess_fraction=ess_fraction(lw.flatten()), khat=pareto_khat(lw.flatten())),
-                    start=x_all[:, 0])
+                    start=x_all[:, 0], partial=partial)
 
 
-def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None) -> ChainRun:
-    return run_flow_metropolis(flow, generator=generator, **s)
+def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,
+         progress: Progress | None = None, max_time: float | None = None) -> ChainRun:
+    return run_flow_metropolis(flow, generator=generator, progress=progress, max_time=max_time, **s)
 
 
 SAMPLER = Sampler("flow_metropolis", _run, DEFAULTS,

@@ -23,6 +23,7 @@ from ...physics.target import LatticeTarget
 from ..chains import ChainRun, physical_outputs, sync, thinned_observer
 from ..hmc import DualAveraging, hmc_step
 from ..latent import physical_potential_and_grad
+from ..progress import NULL_PROGRESS, Deadline, Progress
 from ..registry import Sampler, check_settings
 
 Tensor = torch.Tensor
@@ -43,7 +44,8 @@ def check_hybrid_settings(s: dict[str, Any]) -> None:
 class MHHMCResult:
     """Output of ``run_mh_hmc``: observables name -> (C, T); mh_accept (C,) acceptance rate of
     the global moves after warm-up; hmc_accept: mean HMC acceptance probability after warm-up
-    (nan for k = 0); step_size: the frozen HMC step size; times in wall seconds; x_final (C, ...)."""
+    (nan for k = 0); step_size: the frozen HMC step size; times in wall seconds; x_final (C, ...);
+    n_kept: recorded steps T (< n_samples when ``partial``: stopped by ``max_time``)."""
 
     observables: dict[str, Tensor]
     mh_accept: Tensor
@@ -52,14 +54,16 @@ class MHHMCResult:
     warmup_time: float
     sampling_time: float
     x_final: Tensor
+    n_kept: int = 0
+    partial: bool = False
 
 
 def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
                log_weight: Callable[[Tensor, Tensor], Tensor],
                propose: Callable[[int], tuple[Tensor, Tensor, Tensor, Tensor]], *, k: int, n_warmup: int,
                n_samples: int, n_leapfrog: int, step_size: float, target_accept: float,
-               observe: Callable[[Tensor], dict[str, Tensor]], generator: torch.Generator | None = None
-               ) -> MHHMCResult:
+               observe: Callable[[Tensor], dict[str, Tensor]], generator: torch.Generator | None = None,
+               progress: Progress | None = None, max_time: float | None = None) -> MHHMCResult:
     """C chains on states x (C, *event) targeting π ∝ exp(−U), U = ``potential_and_grad(x)[0]``.
 
     A step is one independence-Metropolis move, then ``k`` HMC trajectories (``hmc_step``).
@@ -68,7 +72,8 @@ def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, 
     that HMC moved. The move accepts iff u < w(x')/w(x) (a non-finite ln w(x') is a rejection;
     a chain at a non-finite ln w(x) leaves at the first finite proposal). n_warmup steps adapt
     the step size (dual averaging on every trajectory's mean acceptance probability) and are
-    discarded; then ``observe(x)`` is recorded after each of the n_samples steps.
+    discarded; then ``observe(x)`` is recorded after each of the n_samples steps. ``progress``
+    hears of every step; ``max_time`` (wall seconds after warm-up) stops early, keeping >= 2 steps.
     """
     x = x0.detach().clone()
     C, dev = x.shape[0], x.device
@@ -83,13 +88,22 @@ def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, 
     obs: dict[str, Tensor] = {}
     n_mh = torch.zeros(C, dtype=torch.long, device=dev)
     hmc_acc_sum, t_warm = torch.zeros((), dtype=x.dtype, device=dev), t_start
+    prog, report = progress if progress is not None else NULL_PROGRESS, progress is not None
+    deadline = Deadline(max_time)
+    n_kept = n_samples
+    if n_warmup:
+        prog.start("warm-up", n_warmup)
 
     for step in range(n_warmup + n_samples):
         if step == n_warmup:
             if dual is not None:
                 eps = dual.final_step_size
+            if n_warmup:
+                prog.finish(f"step size {eps:.4g}")
+            prog.start("sampling", n_samples)
             sync(x)
             t_warm = time.perf_counter()
+            deadline.begin()
         xp, Up, gp, lwp = propose(C)
         log_u = torch.log(torch.rand(C, dtype=lw.dtype, device=dev, generator=generator))
         acc = torch.isfinite(lwp) & (log_u < lwp - lw)
@@ -114,17 +128,30 @@ def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, 
                 if name not in obs:
                     obs[name] = torch.empty((C, n_samples), dtype=v.dtype, device=v.device)
                 obs[name][:, step - n_warmup] = v
+        if report:
+            t = max(step - n_warmup + 1, 0)
+            prog.update(1, accept=float(n_mh.to(torch.float64).mean()) / t if t else float(acc.double().mean()),
+                        step_size=eps)
+        t = step - n_warmup
+        if 1 <= t < n_samples - 1 and deadline.expired():
+            n_kept = t + 1
+            obs = {name: v[:, :n_kept] for name, v in obs.items()}
+            break
     sync(x)
     t_end = time.perf_counter()
-    return MHHMCResult(obs, n_mh.to(torch.float64) / n_samples,
-                       float(hmc_acc_sum) / (k * n_samples) if k > 0 else float("nan"), eps,
-                       t_warm - t_start, t_end - t_warm, x)
+    partial = n_kept < n_samples
+    prog.finish(f"stopped at the time budget after {n_kept}/{n_samples} steps" if partial
+                else f"flow-MH acceptance {float(n_mh.to(torch.float64).mean()) / n_samples:.3f}")
+    return MHHMCResult(obs, n_mh.to(torch.float64) / n_kept,
+                       float(hmc_acc_sum) / (k * n_kept) if k > 0 else float("nan"), eps,
+                       t_warm - t_start, t_end - t_warm, x, n_kept=n_kept, partial=partial)
 
 
 def run_hybrid(flow: Any, target: LatticeTarget | None = None, *, n_chains: int = 64, n_warmup: int = 100,
                n_samples: int = 400, k: int = 2, n_leapfrog: int = 10, step_size: float = 0.1,
                target_accept: float = 0.8, max_keep: int = 2048,
-               generator: torch.Generator | None = None) -> ChainRun:
+               generator: torch.Generator | None = None, progress: Progress | None = None,
+               max_time: float | None = None) -> ChainRun:
     """Flow-Metropolis moves + k physical-HMC trajectories per step (module docstring); chains
     start from flow samples. ``target`` defaults to the flow's. ``ChainRun.accept`` is the
     flow-Metropolis acceptance rate; settings hold it (``flow_mh_accept``) and the HMC acceptance
@@ -150,20 +177,21 @@ def run_hybrid(flow: Any, target: LatticeTarget | None = None, *, n_chains: int 
     observe, kept = thinned_observer(target, generator, n_samples, n_chains, max_keep)
     res = run_mh_hmc(x0, pg, log_weight, propose, k=k, n_warmup=n_warmup, n_samples=n_samples,
                      n_leapfrog=n_leapfrog, step_size=step_size, target_accept=target_accept,
-                     observe=observe, generator=generator)
+                     observe=observe, generator=generator, progress=progress, max_time=max_time)
     x = torch.cat(kept)[:max_keep]
     z, log_q, energy = physical_outputs(flow, target, x)
     mh = float(res.mh_accept.mean())
-    return ChainRun("hybrid", res.observables, x, z, log_q, energy, mh, res.sampling_time / n_samples,
+    return ChainRun("hybrid", res.observables, x, z, log_q, energy, mh, res.sampling_time / res.n_kept,
                     res.warmup_time + res.sampling_time,
                     dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
                          target_accept=target_accept, step_size=res.step_size, flow_mh_accept=mh,
                          hmc_accept=res.hmc_accept),
-                    start=x0)
+                    start=x0, partial=res.partial)
 
 
-def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None) -> ChainRun:
-    return run_hybrid(flow, target, generator=generator, **s)
+def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,
+         progress: Progress | None = None, max_time: float | None = None) -> ChainRun:
+    return run_hybrid(flow, target, generator=generator, progress=progress, max_time=max_time, **s)
 
 
 SAMPLER = Sampler("hybrid", _run, DEFAULTS,

@@ -10,6 +10,7 @@ from ...physics.target import LatticeTarget
 from ..chains import ChainRun, latent_outputs, thinned_observer
 from ..hmc import run_hmc
 from ..latent import latent_potential, latent_to_physical
+from ..progress import Progress
 from ..registry import Sampler, check_settings
 
 DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, n_leapfrog=10, step_size=0.1, target_accept=0.8,
@@ -38,8 +39,9 @@ def level_blocks(flow: Any, block_levels: Sequence[Sequence[int]]) -> list[torch
 def run_latent_hmc(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samples: int = 500,
                    step_size: float = 0.2, n_leapfrog: int = 10, target_accept: float = 0.8,
                    block_levels: Sequence[Sequence[int]] | None = None, max_keep: int = 2048,
-                   generator: torch.Generator | None = None) -> ChainRun:
-    """HMC on z with U(z), chains started from N(0, I).
+                   generator: torch.Generator | None = None, progress: Progress | None = None,
+                   max_time: float | None = None) -> ChainRun:
+    """HMC on z with U(z), chains started from N(0, I); ``progress`` / ``max_time`` as in ``run_hmc``.
 
     ``block_levels`` e.g. [[3, 4], [0, 1, 2]] cycles through blocks of RG levels (one HMC
     move per block, each with its own adapted step size, the rest held fixed); None or []
@@ -55,22 +57,23 @@ def run_latent_hmc(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samp
     with flow.frozen():  # gradients w.r.t. z only
         res = run_hmc(latent_potential(flow), z0, n_warmup=n_warmup, n_samples=n_samples, step_size=step_size,
                       n_leapfrog=n_leapfrog, target_accept=target_accept, blocks=blocks, observe=observe,
-                      generator=generator)
+                      generator=generator, progress=progress, max_time=max_time)
     z = torch.cat(kept)[:max_keep]
     x, log_q, energy = latent_outputs(flow, z, generator)
     name = "blocked_latent_hmc" if blocks else "latent_hmc"
     return ChainRun(name, dict(res.observables), x, z, log_q, energy,
-                    float(res.mean_accept.mean()), res.sampling_time / n_samples,
+                    float(res.mean_accept.mean()), res.sampling_time / res.n_kept,
                     res.warmup_time + res.sampling_time,
                     dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, n_leapfrog=n_leapfrog,
                          target_accept=target_accept, step_size=[float(s) for s in res.step_size],
                          block_levels=[list(b) for b in block_levels] if blocks else None,
                          accept_per_block=[float(a) for a in res.mean_accept]),
-                    start=z0)
+                    start=z0, partial=res.partial)
 
 
-def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None) -> ChainRun:
-    return run_latent_hmc(flow, generator=generator, **s)
+def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,
+         progress: Progress | None = None, max_time: float | None = None) -> ChainRun:
+    return run_latent_hmc(flow, generator=generator, progress=progress, max_time=max_time, **s)
 
 
 SAMPLER = Sampler("latent_hmc", _run, DEFAULTS,

@@ -22,6 +22,7 @@ from ...physics.target import LatticeTarget
 from ..chains import ChainRun, latent_outputs, thinned_observer
 from ..hmc import make_potential_and_grad
 from ..latent import latent_potential, latent_to_physical
+from ..progress import Progress
 from ..registry import Sampler
 from .hybrid import DEFAULTS as HYBRID_DEFAULTS
 from .hybrid import check_hybrid_settings, run_mh_hmc
@@ -39,7 +40,8 @@ def latent_log_weight(z: Tensor, U: Tensor) -> Tensor:
 
 def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samples: int = 400,
                            k: int = 2, n_leapfrog: int = 10, step_size: float = 0.1, target_accept: float = 0.8,
-                           max_keep: int = 2048, generator: torch.Generator | None = None) -> ChainRun:
+                           max_keep: int = 2048, generator: torch.Generator | None = None,
+                           progress: Progress | None = None, max_time: float | None = None) -> ChainRun:
     """Latent HMC with a flow-Metropolis global move before every k trajectories (module
     docstring). ``ChainRun.accept`` is the global-move acceptance rate; settings hold it
     (``flow_mh_accept``) and the HMC acceptance probability (``hmc_accept``). The flow's
@@ -61,20 +63,21 @@ def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100
     with flow.frozen():
         res = run_mh_hmc(z0, pg, latent_log_weight, propose, k=k, n_warmup=n_warmup, n_samples=n_samples,
                          n_leapfrog=n_leapfrog, step_size=step_size, target_accept=target_accept,
-                         observe=observe, generator=generator)
+                         observe=observe, generator=generator, progress=progress, max_time=max_time)
     z = torch.cat(kept)[:max_keep]
     x, log_q, energy = latent_outputs(flow, z, generator)
     mh = float(res.mh_accept.mean())
     return ChainRun("latent_hmc_flow_mh", res.observables, x, z, log_q, energy, mh,
-                    res.sampling_time / n_samples, res.warmup_time + res.sampling_time,
+                    res.sampling_time / res.n_kept, res.warmup_time + res.sampling_time,
                     dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
                          target_accept=target_accept, step_size=res.step_size, flow_mh_accept=mh,
                          hmc_accept=res.hmc_accept),
-                    start=z0)
+                    start=z0, partial=res.partial)
 
 
-def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None) -> ChainRun:
-    return run_latent_hmc_flow_mh(flow, generator=generator, **s)
+def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,
+         progress: Progress | None = None, max_time: float | None = None) -> ChainRun:
+    return run_latent_hmc_flow_mh(flow, generator=generator, progress=progress, max_time=max_time, **s)
 
 
 SAMPLER = Sampler("latent_hmc_flow_mh", _run, DEFAULTS,

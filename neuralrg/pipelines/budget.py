@@ -1,0 +1,104 @@
+"""``train.py budget=10m``: size the run (steps, hence the learning-rate schedule) to a wall-clock budget.
+
+``plan_budget`` measures one optimizer step on the training device (a few untimed warm-up
+steps, then timed probe steps of a throw-away copy of the model, CUDA-synchronised) and the
+cost per evaluation sample, then solves
+
+    budget·(1 − reserve) − probe − final evaluation = steps · (t_step + eval_samples·t_eval / eval_every)
+
+for ``steps``. ``reserve`` (10 %) covers Lightning's set-up, checkpoints and figures. The probe
+times a reverse-KL step; other objectives (flow_mcmc, data) cost more per step, and then
+``trainer.max_time`` (set to the fit's share of the budget) is the safety net.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from ..sampling.importance import evaluate_flow
+
+RESERVE = 0.10
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def training_device(cfg: DictConfig) -> torch.device:
+    """The device Lightning will train on (single device): cuda when the accelerator allows it and one is present."""
+    acc = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    return torch.device("cuda") if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available() else torch.device("cpu")
+
+
+def measure_step_time(module: Any, optimizer: torch.optim.Optimizer, device: torch.device, batch_size: int,
+                      warmup: int = 2, probe: int = 5) -> float:
+    """Seconds per reverse-KL optimizer step of ``module`` (a ``FlowModule``) on ``device``:
+    ``warmup`` untimed steps (allocator, kernels), then the mean of ``probe`` timed ones."""
+    def step() -> None:
+        log_q, energy, _ = module.free_energy_terms(batch_size)
+        loss = (log_q + energy).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.flow.parameters(), 10.0)
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(probe):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / probe
+
+
+def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictConfig], Any],
+                done_steps: int = 0) -> dict[str, Any]:
+    """The steps that fit ``budget_s`` seconds of training + evaluation (module docstring).
+
+    ``build_module(cfg)`` builds a throw-away ``FlowModule`` for the probe; ``done_steps``: steps
+    already in the checkpoint of a resumed run (the plan adds to them). Returns the plan
+    (budget_s, device, step_time_s, eval_time_per_sample_s, final_eval_s, probe_s, steps,
+    max_time_s); ValueError if not even one step fits.
+    """
+    t_start = time.perf_counter()
+    device = training_device(cfg)
+    module = build_module(cfg).to(device)
+    module.flow.train()
+    optimizer = instantiate(cfg.optimizer)(module.flow.parameters())
+    t_step = measure_step_time(module, optimizer, device, int(cfg.batch_size))
+    n_eval = 512
+    module.flow.eval()
+    _sync(device)
+    t0 = time.perf_counter()
+    evaluate_flow(module.flow, n_eval)
+    _sync(device)
+    t_eval = (time.perf_counter() - t0) / n_eval
+    flow = module.flow
+    passes = 2 if (not flow.z2 and flow.target.z2_symmetric) else 1  # final_evaluation's z2_eval
+    final_eval = passes * int(cfg.final_eval_samples) * t_eval
+    del module, optimizer
+    probe = time.perf_counter() - t_start
+    fit_s = budget_s * (1.0 - RESERVE) - probe - final_eval
+    eval_every = int(cfg.eval_every)
+    per_step = t_step + (int(cfg.eval_samples) * t_eval / eval_every if eval_every > 0 else 0.0)
+    steps = math.floor(fit_s / per_step) if fit_s > 0 else 0
+    if steps < 1:
+        raise ValueError(f"budget={budget_s:.0f} s leaves no time to train: the probe took {probe:.1f} s, a step "
+                         f"{t_step:.3g} s and the final evaluation ~{final_eval:.1f} s; give a larger budget "
+                         "or smaller final_eval_samples")
+    return {"budget_s": budget_s, "device": str(device), "step_time_s": t_step, "eval_time_per_sample_s": t_eval,
+            "final_eval_s": final_eval, "probe_s": probe, "steps": done_steps + steps,
+            "planned_new_steps": steps, "max_time_s": fit_s * (1.0 + RESERVE)}
+
+
+def max_time_string(seconds: float) -> str:
+    """Lightning's ``max_time`` "DD:HH:MM:SS" (rounded up to whole seconds)."""
+    s = max(1, math.ceil(seconds))
+    return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
