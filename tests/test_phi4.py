@@ -196,7 +196,11 @@ def test_summarize_short_hmc_run():
     obs = hmc_series(t, 16, 100, 200, seed=7, n_leapfrog=4)
     out = t.summarize(obs)
     assert set(out) == {"action_per_site", "m2", "abs_m", "phi2", "susceptibility", "binder",
-                        "correlation_length"}
+                        "correlation_length", "two_point_function"}
+    G = out.pop("two_point_function")
+    assert G["r"] == [0, 1, 2, 3]
+    assert G["mean"][0] == pytest.approx(out["phi2"]["mean"], rel=1e-10)  # G(0) = ⟨φ²⟩
+    assert G["mean"][0] > G["mean"][1] > G["mean"][3] and all(e > 0 for e in G["err"])
     for name, r in out.items():
         assert math.isfinite(r["mean"]) and math.isfinite(r["err"]) and r["err"] > 0, (name, r)
     assert out["action_per_site"]["mean"] == pytest.approx(float(obs["energy"].mean()), rel=1e-12)

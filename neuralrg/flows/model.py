@@ -113,12 +113,15 @@ class NeuralRGFlow(nf.NormalizingFlow):
         z, log_det = self.inverse_and_log_det(x)
         return self.q0.log_prob(z) + log_det
 
+    def latent_and_log_prob(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z = g⁻¹(x), log q(x)) with log q_sym when ``z2``; shapes (B, L, L), (B,)."""
+        z, log_det = self.inverse_and_log_det(x)
+        log_q = self.q0.log_prob(z) + log_det
+        return z, (self.symmetrised_log_prob(x, log_q) if self.z2 else log_q)
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log q(x) (log q_sym(x) when ``z2``), shape (B,)."""
-        lq = self.log_prob_unsymmetrised(x)
-        if self.z2:
-            lq = torch.logaddexp(lq, self.log_prob_unsymmetrised(-x)) - _LN2
-        return lq
+        return self.latent_and_log_prob(x)[1]
 
     def symmetrised_log_prob(self, x: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
         """log q_sym(x) given the already known plain log q(x)."""

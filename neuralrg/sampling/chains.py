@@ -105,10 +105,7 @@ def physical_outputs(flow: Any | None, target: LatticeTarget, x: torch.Tensor
         energy = target.energy(x)
         if flow is None:
             return None, None, energy
-        z, log_det = flow.inverse_and_log_det(x)
-        log_q = flow.q0.log_prob(z) + log_det
-        if flow.z2:
-            log_q = flow.symmetrised_log_prob(x, log_q)
+        z, log_q = flow.latent_and_log_prob(x)
         return z, log_q, energy
 
 
