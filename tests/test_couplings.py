@@ -390,3 +390,14 @@ def test_parallel_tempering_on_afm_and_anisotropic_models(target):
 def test_parallel_tempering_settings_are_checked(bad, word):
     with pytest.raises(ValueError, match=word):
         resolve_settings("parallel_tempering", {}, bad)
+
+
+def test_parallel_tempering_from_a_flow_and_with_a_time_budget():
+    torch.manual_seed(0)
+    flow = build_mera(GLASS, n_couplings=2, hidden=8).to(F64).eval()
+    s = resolve_settings("parallel_tempering", {"n_chains": 4, "n_warmup": 5, "n_samples": 10})
+    run = run_sampler("parallel_tempering", flow, GLASS, s, gen(0))
+    assert run.x.dtype == F64 and run.z.shape == run.x.shape and run.log_q.shape == (run.x.shape[0],)
+    assert not run.partial and run.observables["energy"].shape == (4, 10) and "q2" in run.observables
+    cut = run_sampler("parallel_tempering", flow, GLASS, s, gen(0), max_time=0.0)
+    assert cut.partial and cut.observables["energy"].shape == (4, 2)

@@ -43,14 +43,16 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
         prog.start("sampling", n_samples)
         deadline.begin()
     while drawn < n_chains * T:
-        b = min(n_chains * T - drawn, batch_size, warm_draws - drawn if drawn < warm_draws else batch_size)
+        # batches never split at the warm-up boundary: the random stream (and so every number)
+        # is the same as without progress reporting or a time budget
+        b = min(n_chains * T - drawn, batch_size)
         z, x, lq = flow.sample_with_latent(b, generator=generator)
         xs.append(x), zs.append(z), lqs.append(lq), lws.append(flow.target.log_prob(x) - lq)
         drawn += b
         steps_done = drawn // n_chains
         prog.update(steps_done - reported)
         reported = steps_done
-        if n_warmup and drawn == warm_draws:
+        if n_warmup and drawn - b < warm_draws <= drawn:
             prog.finish()
             prog.start("sampling", n_samples)
             deadline.begin()
