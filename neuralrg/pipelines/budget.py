@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from ..sampling.importance import evaluate_flow
 
 RESERVE = 0.10
+PROBE_SHARE = 0.05  # the probe stops early after this share of the budget (slow steps, loaded machines)
 
 
 def _sync(device: torch.device) -> None:
@@ -37,9 +38,10 @@ def training_device(cfg: DictConfig) -> torch.device:
 
 
 def measure_step_time(module: Any, optimizer: torch.optim.Optimizer, device: torch.device, batch_size: int,
-                      warmup: int = 2, probe: int = 5) -> float:
+                      warmup: int = 2, probe: int = 5, max_seconds: float = float("inf")) -> float:
     """Seconds per reverse-KL optimizer step of ``module`` (a ``FlowModule``) on ``device``:
-    ``warmup`` untimed steps (allocator, kernels), then the mean of ``probe`` timed ones."""
+    ``warmup`` untimed steps (allocator, kernels), then the mean of ``probe`` timed ones; after
+    ``max_seconds`` each phase stops early (at least one untimed and one timed step)."""
     def step() -> None:
         log_q, energy, _ = module.free_energy_terms(batch_size)
         loss = (log_q + energy).mean()
@@ -48,14 +50,21 @@ def measure_step_time(module: Any, optimizer: torch.optim.Optimizer, device: tor
         torch.nn.utils.clip_grad_norm_(module.flow.parameters(), 10.0)
         optimizer.step()
 
+    t_start = time.perf_counter()
     for _ in range(warmup):
         step()
+        if time.perf_counter() - t_start > max_seconds / 2:
+            break
     _sync(device)
     t0 = time.perf_counter()
-    for _ in range(probe):
+    n = 0
+    while n < probe:
         step()
-    _sync(device)
-    return (time.perf_counter() - t0) / probe
+        n += 1
+        _sync(device)
+        if time.perf_counter() - t_start > max_seconds:
+            break
+    return (time.perf_counter() - t0) / n
 
 
 def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictConfig], Any],
@@ -72,7 +81,7 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     module = build_module(cfg).to(device)
     module.flow.train()
     optimizer = instantiate(cfg.optimizer)(module.flow.parameters())
-    t_step = measure_step_time(module, optimizer, device, int(cfg.batch_size))
+    t_step = measure_step_time(module, optimizer, device, int(cfg.batch_size), max_seconds=PROBE_SHARE * budget_s)
     n_eval = 512
     module.flow.eval()
     _sync(device)

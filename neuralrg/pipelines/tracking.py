@@ -3,7 +3,9 @@
 Offline unless ``mode`` / WANDB_MODE say otherwise (no network needed); ``disabled`` writes
 nothing. W&B never costs the work: every failure is a warning and the outputs on disk stay
 complete. Training logs through Lightning's ``WandbLogger`` (conf/logger/wandb.yaml) and
-closes its run with ``close_run`` too.
+closes its run with ``close_run`` too. ``sample.py`` and ``analyze.py`` log into the training
+run's project and group (``training_run_info``; job_type sample / analyze) and hand the
+training run their final numbers (``update_training_run``).
 """
 from __future__ import annotations
 

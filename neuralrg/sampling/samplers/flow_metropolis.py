@@ -50,12 +50,14 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
         xs.append(x), zs.append(z), lqs.append(lq), lws.append(flow.target.log_prob(x) - lq)
         drawn += b
         steps_done = drawn // n_chains
-        prog.update(steps_done - reported)
-        reported = steps_done
-        if n_warmup and drawn - b < warm_draws <= drawn:
+        if n_warmup and drawn - b < warm_draws <= drawn:  # this batch ends warm-up (and may sample on)
+            prog.update(n_warmup - reported)
             prog.finish()
             prog.start("sampling", n_samples)
             deadline.begin()
+            reported = n_warmup
+        prog.update(steps_done - reported)
+        reported = steps_done
         if steps_done >= n_warmup + 2 and deadline.expired():
             break
     requested, partial = n_samples, drawn < n_chains * T
