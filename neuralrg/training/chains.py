@@ -150,16 +150,14 @@ class FlowMCMCChains:
 
 
 def check_data_source(target: LatticeTarget) -> None:
-    """Raise ``ValueError`` unless exact samples of ``target`` can be generated (Ising, K > 0)."""
-    from ..physics.ising import IsingTarget
+    """Raise ``ValueError`` unless exact samples of ``target`` can be generated: Wolff chains,
+    i.e. the Ising relaxation with uniform ferromagnetic couplings (``wolff_unsupported_reason``)."""
+    from ..physics.wolff import wolff_unsupported_reason
 
-    if not isinstance(target, IsingTarget):
-        raise ValueError(f"loss.name=data needs exact samples of the target, which exist only for the Ising "
-                         f"relaxation (IsingTarget, from Wolff chains); {type(target).__name__} has no data "
-                         "source: use loss.name=reverse_kl or flow_mcmc")
-    if not target.K > 0:
-        raise ValueError(f"loss.name=data draws exact samples with Wolff cluster updates, which need K > 0; "
-                         f"got K = {target.K}: use loss.name=reverse_kl or flow_mcmc")
+    why = wolff_unsupported_reason(target)
+    if why is not None:
+        raise ValueError(f"loss.name=data draws exact samples with Wolff cluster updates, which do not apply "
+                         f"here: {why}; use loss.name=reverse_kl or flow_mcmc")
 
 
 class ExactIsingData:
