@@ -58,3 +58,16 @@ def save_checkpoint(flow: NeuralRGFlow, path: str | Path) -> Path:
     state = {STATE_PREFIX + k: v for k, v in flow.state_dict().items()}
     torch.save({"state_dict": state, META_KEY: flow_metadata(flow)}, path)
     return path
+
+
+def compose_train(*overrides: str):
+    """conf/train.yaml composed with ``overrides`` like train.py does (no hydra run; GlobalHydra cleared)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+            return compose(config_name="train", overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()

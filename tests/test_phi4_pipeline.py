@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from neuralrg import build_mera
+from helpers import compose_train
 from neuralrg.checkpoint import load_flow
 from neuralrg.physics.phi4 import Phi4Target
 from neuralrg.pipelines.analyze import run_analysis
@@ -24,13 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
 
 
-def make_cfg(*overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+make_cfg = compose_train
 
 
 @pytest.mark.parametrize("L", [4, 8])

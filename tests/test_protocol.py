@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
+from helpers import compose_train
 from neuralrg.checkpoint import load_flow, read_checkpoint
 from neuralrg.physics.target import LatticeTarget, check_field_shape, target_from_spec
 from neuralrg.pipelines.analyze import run_analysis
@@ -50,13 +49,7 @@ class GaussianField(LatticeTarget):
         return {"L": self.L, "sigma": self.sigma}
 
 
-def make_cfg(*overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+make_cfg = compose_train
 
 
 @pytest.fixture(scope="module")
