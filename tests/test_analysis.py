@@ -205,7 +205,7 @@ def test_mi_between_independent_latents_is_near_zero():
         assert abs(s["mean"]) < 0.05 and abs(s["variance"] - 1) < 0.1 and abs(s["excess_kurtosis"]) < 0.3
     for p in level_pair_statistics(z, f.latent_levels, methods=["ksg", "gaussian_copula"], max_samples=2000):
         if p["n_pairs"]:
-            assert abs(p["mi"]["ksg"]) < 0.03, p
+            assert abs(p["mi"]["ksg"]) < 0.04, p  # KSG noise at 2000 pooled pairs is ~0.015
             assert abs(p["mi"]["gaussian_copula"]) < 0.01, p
             assert abs(p["correlation"]) < 0.05
     # and a dependent pair is detected by both estimators
@@ -399,3 +399,26 @@ def test_preconditioned_flow_responses_are_those_of_the_hierarchy():
     assert not bool((full[~cone] == 0).all())  # A^{1/2} spreads x's response over the torus
     assert torch.allclose(f.flows[-1](col[None])[0][0], full, atol=1e-12)
     assert torch.allclose(hierarchy_forward(f, z[None]), plain.forward(z[None]), atol=1e-12)
+
+
+def test_level_mi_is_not_fooled_by_sites_with_different_marginals():
+    """Independent latents whose sites have different scales (as the three Haar details of a
+    plaquette do, and as the two sites of a 2-site sub-grid seen both ways round): pooling raw
+    pairs makes a "+"-shaped cloud with large KSG MI; per-site normal scores remove it."""
+    from neuralrg.analysis.latents import normal_scores_per_site, same_level_pairs
+
+    L = 8
+    f = identity_flow(L)
+    g = torch.Generator().manual_seed(9)
+    scale = torch.ones(L, L, dtype=F64)
+    scale[4, 4] = 6.0  # one site of the level-2 sub-grid is much wider than its two neighbours
+    z = torch.randn(3000, L, L, generator=g, dtype=F64) * scale
+    level = 2  # the 2-site sub-grid at L = 8: each pair appears both ways round
+    raw = pair_statistics(*same_level_pairs(z, f.latent_levels, level), methods=["ksg"], max_samples=3000)
+    stats = level_pair_statistics(z, f.latent_levels, methods=["ksg", "gaussian_copula"], max_samples=3000)
+    fixed = next(p for p in stats if p["level"] == level)
+    assert raw["mi"]["ksg"] > 0.1  # the artefact
+    assert abs(fixed["mi"]["ksg"]) < 0.04 and abs(fixed["mi"]["gaussian_copula"]) < 0.01
+    zs = normal_scores_per_site(z)
+    assert torch.allclose(zs.mean(0), torch.zeros(L, L, dtype=F64), atol=1e-12)
+    assert torch.equal(zs.argsort(0), z.argsort(0))  # monotone per site: the copula is kept
