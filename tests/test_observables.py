@@ -1,5 +1,4 @@
 """Observables: improved estimators vs. enumeration, spin sampling and exact HS sampling."""
-import itertools
 import math
 
 import numpy as np

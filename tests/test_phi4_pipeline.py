@@ -12,7 +12,6 @@ import torch
 
 from neuralrg import build_mera
 from helpers import compose_train
-from neuralrg.checkpoint import load_flow
 from neuralrg.physics.phi4 import Phi4Target
 from neuralrg.pipelines.analyze import run_analysis
 from neuralrg.pipelines.sample import format_table, run_sampling

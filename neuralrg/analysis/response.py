@@ -39,7 +39,6 @@ from ..flows.precondition import GaussianPreconditioner
 
 def _support_step(mask: torch.Tensor, spacing: int, offset: int) -> torch.Tensor:
     """One plaquette layer on a support mask (L, L): plaquettes touching it join it."""
-    L = mask.shape[-1]
     d, o = int(spacing), int(offset)
     sub = mask[::d, ::d]
     M = sub.shape[-1]

@@ -20,7 +20,7 @@ from torch import nn
 from ..physics.lattice import check_lattice_size
 from ..spec import import_object, object_path
 from ..physics.target import LatticeTarget
-from .coupling import PlaquetteBijector, check_activation
+from .coupling import check_activation
 from .flat import flat_layers
 from .hierarchy import latent_levels, mera_layers
 from .model import NeuralRGFlow

@@ -16,7 +16,6 @@ from typing import Any, Iterator
 
 import normflows as nf
 import torch
-from torch import nn
 
 from ..physics.target import LatticeTarget, check_field_shape
 

@@ -75,7 +75,7 @@ class IsingTarget(LatticeTarget):
         self.K = check_coupling(K)
         self.shift = check_shift(shift)
         self.n_sites = self.L * self.L
-        L, N = self.L, self.n_sites
+        L = self.L
         given = [n for n, v in (("K_y", K_y), ("disorder", disorder), ("bonds", bonds), ("bond_file", bond_file))
                  if v is not None]
         if len(given) > 1:
