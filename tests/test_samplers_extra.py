@@ -57,18 +57,6 @@ def within(summary: dict, key: str, exact: float, max_err: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def flow():
-    return tiny_trained_flow()
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, flow):
-    d = tmp_path_factory.mktemp("run")
-    save_checkpoint(flow, d / "checkpoints" / "last.ckpt")
-    return d
-
-
-@pytest.fixture(scope="module")
 def phi4_run(tmp_path_factory):
     torch.manual_seed(0)
     f = build_mera(Phi4Target(4, 0.2, 0.022), n_couplings=2, hidden=8).to(F64).eval()

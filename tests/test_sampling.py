@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import save_checkpoint, tiny_trained_flow
+from helpers import tiny_trained_flow
 from neuralrg.checkpoint import CheckpointError
 from neuralrg.physics.exact import exact_solution
 from neuralrg.sampling import (independence_metropolis, latent_potential, physical_potential_and_grad,
@@ -32,19 +32,6 @@ torch.set_num_threads(1)
 F64 = torch.float64
 REPO = Path(__file__).resolve().parents[1]
 N_SIGMA = 4.0
-
-
-@pytest.fixture(scope="module")
-def flow():
-    return tiny_trained_flow()
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, flow):
-    """A training-run-like directory holding checkpoints/last.ckpt of the test flow."""
-    d = tmp_path_factory.mktemp("run")
-    save_checkpoint(flow, d / "checkpoints" / "last.ckpt")
-    return d
 
 
 def gen(seed: int) -> torch.Generator:

@@ -57,6 +57,16 @@ class MHHMCResult:
     n_kept: int = 0
     partial: bool = False
 
+    def chain_run(self, name: str, x: Tensor, z: Tensor | None, log_q: Tensor | None, energy: Tensor,
+                  start: Tensor, settings: dict[str, Any]) -> ChainRun:
+        """The ``ChainRun`` of this run: acceptance = the global moves' rate; ``settings`` gain
+        step_size, flow_mh_accept and hmc_accept."""
+        mh = float(self.mh_accept.mean())
+        return ChainRun(name, self.observables, x, z, log_q, energy, mh, self.sampling_time / self.n_kept,
+                        self.warmup_time + self.sampling_time,
+                        {**settings, "step_size": self.step_size, "flow_mh_accept": mh,
+                         "hmc_accept": self.hmc_accept}, start=start, partial=self.partial)
+
 
 def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
                log_weight: Callable[[Tensor, Tensor], Tensor],
@@ -180,13 +190,9 @@ def run_hybrid(flow: Any, target: LatticeTarget | None = None, *, n_chains: int 
                      observe=observe, generator=generator, progress=progress, max_time=max_time)
     x = torch.cat(kept)[:max_keep]
     z, log_q, energy = physical_outputs(flow, target, x)
-    mh = float(res.mh_accept.mean())
-    return ChainRun("hybrid", res.observables, x, z, log_q, energy, mh, res.sampling_time / res.n_kept,
-                    res.warmup_time + res.sampling_time,
-                    dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
-                         target_accept=target_accept, step_size=res.step_size, flow_mh_accept=mh,
-                         hmc_accept=res.hmc_accept),
-                    start=x0, partial=res.partial)
+    return res.chain_run("hybrid", x, z, log_q, energy, x0,
+                         dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k,
+                              n_leapfrog=n_leapfrog, target_accept=target_accept))
 
 
 def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,

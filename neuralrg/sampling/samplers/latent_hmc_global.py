@@ -66,13 +66,9 @@ def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100
                          observe=observe, generator=generator, progress=progress, max_time=max_time)
     z = torch.cat(kept)[:max_keep]
     x, log_q, energy = latent_outputs(flow, z, generator)
-    mh = float(res.mh_accept.mean())
-    return ChainRun("latent_hmc_flow_mh", res.observables, x, z, log_q, energy, mh,
-                    res.sampling_time / res.n_kept, res.warmup_time + res.sampling_time,
-                    dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
-                         target_accept=target_accept, step_size=res.step_size, flow_mh_accept=mh,
-                         hmc_accept=res.hmc_accept),
-                    start=z0, partial=res.partial)
+    return res.chain_run("latent_hmc_flow_mh", x, z, log_q, energy, z0,
+                         dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k,
+                              n_leapfrog=n_leapfrog, target_accept=target_accept))
 
 
 def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,
