@@ -306,3 +306,46 @@ def test_train_sweep_through_submitit_local(tmp_path):
         Ks.append(s["target"]["K"])
     assert Ks == [0.3, 0.4]
     assert list(sweep.glob(".submitit/*/*_log.out"))  # really ran through submitit
+
+
+UPDATE_OFFLINE = """
+import json, sys, time
+from pathlib import Path
+import wandb
+from neuralrg.pipelines.tracking import training_run_info, update_training_run
+d = Path(sys.argv[1])
+(d / "config.yaml").write_text("task_name: upd_task\\nlogger:\\n  wandb:\\n    project: upd_project\\n")
+(d / "summary.json").write_text(json.dumps({"status": "completed"}))
+run = wandb.init(project="upd_project", group="upd_task", job_type="train", mode="offline", dir=str(d))
+run.summary["final/gap"] = 0.01
+run.finish()
+time.sleep(1.1)  # run directories are named to the second; a real sampling run comes minutes later
+info = training_run_info(d)
+assert info["wandb_id"] == run.id, (info, run.id)
+print(update_training_run(info, "sampling", {"samplers": {"latent_hmc": {"ess_per_second": 3.5}}, "note": "x"},
+                          mode="offline"))
+print(run.id)
+"""
+
+
+def test_offline_training_run_gains_sampling_summary_as_resumed_offline_run(tmp_path):
+    """Offline: the training run's W&B summary update is a second offline directory with the same id
+    (synced after the first by ``wandb sync``), holding ``sampling/...`` numbers and the run's group."""
+    d = tmp_path / "train_run"
+    d.mkdir()
+    res = subprocess.run([sys.executable, "-c", UPDATE_OFFLINE, str(d)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env=wandb_env(tmp_path, "offline"))
+    assert res.returncode == 0, res.stderr
+    where, run_id = res.stdout.split()[-2:]
+    assert where == "summary.json+wandb"
+    assert json.loads((d / "summary.json").read_text())["sampling"]["samplers"]["latent_hmc"]["ess_per_second"] == 3.5
+    dirs = sorted((d / "wandb").glob("offline-run-*"))
+    assert len(dirs) == 2 and all(p.name.endswith("-" + run_id) for p in dirs)
+    records = wandb_records(next(dirs[1].glob("run-*.wandb")))
+    run_rec = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert (run_rec.run_id, run_rec.run_group, run_rec.job_type, run_rec.project) == (
+        run_id, "upd_task", "train", "upd_project")
+    updates = {"/".join(i.nested_key) or i.key: i.value_json for r in records
+               if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
+    assert json.loads(updates["sampling/samplers/latent_hmc/ess_per_second"]) == 3.5
+    assert "sampling/note" not in updates  # only finite numbers go to W&B

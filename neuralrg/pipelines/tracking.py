@@ -102,11 +102,12 @@ def log_images(run: Any, paths: Sequence[Path], prefix: str = "figures/") -> Non
 def update_training_run(info: dict[str, Any], key: str, record: dict[str, Any], mode: str | None = None) -> str:
     """Give the training run the final numbers of a later stage (``key``: "sampling", ...).
 
-    Always: ``<run_dir>/summary.json`` gains ``record`` under ``key`` (if that file exists). Online
-    with a known W&B id: the training W&B run is resumed and its summary updated with the finite
-    numbers as ``<key>/...``. (Offline runs are not resumed: a second offline directory with the
-    same id does not merge cleanly on ``wandb sync``.) Returns where it went: "summary.json",
-    "summary.json+wandb" or "none". Never raises.
+    Always: ``<run_dir>/summary.json`` gains ``record`` under ``key`` (if that file exists). With a
+    known W&B id the training W&B run is resumed and its summary updated with the finite numbers as
+    ``<key>/...``: online at once; offline as a second offline directory with the same run id in
+    ``<run_dir>/wandb/``, which ``wandb sync <run_dir>/wandb/offline-run-*`` uploads after the first
+    (W&B >= 0.30 syncs the files of one resumed run in order of start time). Returns where it went:
+    "summary.json", "summary.json+wandb" or "none". Never raises.
     """
     where = []
     summary_path = Path(info["run_dir"]) / "summary.json"
@@ -121,12 +122,13 @@ def update_training_run(info: dict[str, Any], key: str, record: dict[str, Any], 
     except Exception as exc:  # noqa: BLE001
         log.warning("could not update %s (%s)", summary_path, exc)
     mode = mode or os.environ.get("WANDB_MODE", "offline")
-    if mode == "online" and info.get("wandb_id"):
+    if mode in ("online", "offline") and info.get("wandb_id"):
         try:
             import wandb
 
-            run = wandb.init(project=info["project"], id=info["wandb_id"], resume="must", mode="online",
-                             reinit="finish_previous")
+            run = wandb.init(project=info["project"], id=info["wandb_id"], mode=mode,
+                             resume="must" if mode == "online" else "allow", dir=str(info["run_dir"]),
+                             group=info["group"], job_type="train", reinit="finish_previous")
             run.summary.update(numeric_items(record, key + "/"))
             run.finish()
             where.append("wandb")
