@@ -72,11 +72,13 @@ def is_coverage(flow, n_seeds: int, M: int, z2: bool = False) -> dict:
     flow.z2 = False
     dev = np.array([r["dev"] for r in rows])
     rel = np.array([r["reliable"] for r in rows])
+    khat = np.array([r["khat"] for r in rows])
     psis = np.array([r["psis_dev"] for r in rows if r["psis_dev"] is not None])
     return {"gap_per_site": float(np.mean([r["gap"] for r in rows])), "ess_fraction": float(np.mean([r["ess"] for r in rows])),
-            "khat_median": float(np.median([r["khat"] for r in rows])), "all": _cover(dev),
+            "khat_median": float(np.median(khat)), "all": _cover(dev),
             "reliable": _cover(dev[rel]), "flagged": _cover(dev[~rel]), "psis": _cover(psis),
-            "mean_bias_sigma": float(np.mean(dev))}
+            "khat_le_0.5": _cover(dev[khat <= 0.5]), "khat_0.5_0.7": _cover(dev[(khat > 0.5) & (khat <= 0.7)]),
+            "khat_gt_0.7": _cover(dev[khat > 0.7]), "mean_bias_sigma": float(np.mean(dev)), "rows": rows}
 
 
 def mcmc_coverage(flow, n_seeds: int, sampler: str, n_samples: int) -> dict:
@@ -84,8 +86,7 @@ def mcmc_coverage(flow, n_seeds: int, sampler: str, n_samples: int) -> dict:
     exact = exact_solution(L, K_C)
     m2 = uniform_solution(L, K_C)["m2"]
     flow.z2 = True
-    dev = {"energy": [], "m2": []}
-    conv = {"energy": [], "m2": []}
+    rows = {"energy": [], "m2": []}
     for s in range(n_seeds):
         g = torch.Generator().manual_seed(2000 + s)
         run = (run_latent_hmc if sampler == "latent_hmc" else run_physical_hmc)(
@@ -93,13 +94,20 @@ def mcmc_coverage(flow, n_seeds: int, sampler: str, n_samples: int) -> dict:
         summ = summarize_run(run, flow.target)
         for key, name, ref in (("energy", "energy_per_site", exact["energy_per_site"]), ("m2", "m2", m2)):
             o = summ["observables"][name]
-            dev[key].append((o["mean"] - ref) / o["err"])
-            conv[key].append(o["converged"])
+            series = run.observables[key].detach().to("cpu", torch.float64)  # (C, T), energy per site
+            chain_means = series.mean(dim=1).numpy()
+            err_chains = float(np.std(chain_means, ddof=1) / math.sqrt(chain_means.size))
+            rows[key].append({"mean": o["mean"], "err": o["err"], "err_between_chains": err_chains,
+                              "dev": (o["mean"] - ref) / o["err"], "dev_between_chains": (o["mean"] - ref) / err_chains,
+                              "converged": bool(o["converged"]), "tau": o.get("tau_int")})
     out = {}
-    for key in dev:
-        d, c = np.array(dev[key]), np.array(conv[key])
+    for key, rs in rows.items():
+        d, c = np.array([r["dev"] for r in rs]), np.array([r["converged"] for r in rs])
+        dc = np.array([r["dev_between_chains"] for r in rs])
+        dm = np.array([r["dev"] * r["err"] / max(r["err"], r["err_between_chains"]) for r in rs])
         out[key] = {"all": _cover(d), "converged": _cover(d[c]), "unconverged": _cover(d[~c]),
-                    "mean_bias_sigma": float(d.mean())}
+                    "between_chains": _cover(dc), "max_of_both": _cover(dm),
+                    "max_of_both_converged": _cover(dm[c]), "mean_bias_sigma": float(d.mean()), "rows": rs}
     flow.z2 = False
     return out
 
@@ -110,8 +118,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=60)
     ap.add_argument("--M", type=int, default=4096, help="importance samples per estimate")
     ap.add_argument("--mcmc-samples", type=int, default=200)
+    ap.add_argument("--mcmc-seeds", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-mcmc", action="store_true", help="importance sampling only")
+    ap.add_argument("--best-steps", type=int, default=3000, help="training steps of the best flow")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,27 +129,30 @@ def main() -> None:
     result = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "seeds": args.seeds,
               "M": args.M, "is": {}, "mcmc": {}}
     for L in args.L:
-        for label, steps in (("poor", 20), ("good", 600 if L == 4 else 900)):
+        for label, steps in (("poor", 20), ("good", 600 if L == 4 else 900), ("best", args.best_steps)):
             flow = train(L, steps)
             result["is"][f"L{L}_{label}"] = is_coverage(flow, args.seeds, args.M)
             result["is"][f"L{L}_{label}_z2"] = is_coverage(flow, args.seeds, args.M, z2=True)
-            if label == "good" and not args.no_mcmc:
+            if label == "best" and not args.no_mcmc:
                 for sampler in ("latent_hmc", "physical_hmc"):
-                    result["mcmc"][f"L{L}_{sampler}"] = mcmc_coverage(flow, max(20, args.seeds // 2), sampler,
+                    result["mcmc"][f"L{L}_{sampler}"] = mcmc_coverage(flow, args.mcmc_seeds, sampler,
                                                                       args.mcmc_samples)
             print(f"L={L} {label} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     result["wall_time_s"] = time.perf_counter() - t0
     f = lambda c: "   n/a" if c["n"] == 0 else f"{c['within_1sigma']:.2f}/{c['within_2sigma']:.2f} (n={c['n']})"  # noqa: E731
     print("\nimportance sampling ln Z/N: fraction within 1σ / 2σ of exact")
-    print(f"{'flow':<13} {'gap/N':>8} {'ESS/M':>7} {'k̂ med':>6}  {'all':>18} {'k̂≤0.7':>18} {'k̂>0.7':>18} {'PSIS':>18}")
+    print(f"{'flow':<13} {'gap/N':>8} {'ESS/M':>7} {'k̂ med':>6}  {'all':>18} {'k̂≤0.5':>18} {'0.5<k̂≤0.7':>18} "
+          f"{'k̂>0.7':>18} {'PSIS':>18}")
     for k, r in result["is"].items():
         print(f"{k:<13} {r['gap_per_site']:8.4f} {r['ess_fraction']:7.3f} {r['khat_median']:6.2f}  {f(r['all']):>18} "
-              f"{f(r['reliable']):>18} {f(r['flagged']):>18} {f(r['psis']):>18}")
+              f"{f(r['khat_le_0.5']):>18} {f(r['khat_0.5_0.7']):>18} {f(r['khat_gt_0.7']):>18} {f(r['psis']):>18}")
     print("\nMCMC τ_int error bars: fraction within 1σ / 2σ of exact")
-    print(f"{'run':<16} {'obs':<7} {'all':>18} {'converged':>18} {'unconverged':>18}")
+    print(f"{'run':<16} {'obs':<7} {'τ_int: all':>18} {'converged':>18} {'unconverged':>18} {'between chains':>18} "
+          f"{'max of both':>18} {'max, converged':>18}")
     for k, r in result["mcmc"].items():
         for obs, c in r.items():
-            print(f"{k:<16} {obs:<7} {f(c['all']):>18} {f(c['converged']):>18} {f(c['unconverged']):>18}")
+            print(f"{k:<16} {obs:<7} {f(c['all']):>18} {f(c['converged']):>18} {f(c['unconverged']):>18} "
+                  f"{f(c['between_chains']):>18} {f(c['max_of_both']):>18} {f(c['max_of_both_converged']):>18}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"coverage{args.tag}.json"
     out.write_text(json.dumps(result, indent=1))

@@ -39,6 +39,10 @@ def test_reliability_flag():
     assert light["reliable"] is True and light["note"] is None and light["psis_log_z"] is not None
     assert heavy["reliable"] is False and heavy["psis_log_z"] is None
     assert heavy["note"].startswith(f"k̂ = {heavy['khat']:.2f} > 0.7") and "not reliable" in heavy["note"]
+    # 0.5 < ξ ≤ 0.7: ln Z usable (PSIS estimate given), its error bar flagged
+    mid = importance_diagnostics(gpd_log_weights(0.6, 1_000_000, 0))
+    assert 0.5 < mid["khat"] <= 0.7 and mid["reliable"] is False and mid["psis_log_z"] is not None
+    assert mid["note"].startswith(f"k̂ = {mid['khat']:.2f} > 0.5") and "error bar is too small" in mid["note"]
     # at M = 10⁴ the light tail is never flagged
     for seed in range(10):
         d = importance_diagnostics(gpd_log_weights(0.3, 10_000, seed))

@@ -13,7 +13,7 @@ import torch
 
 from .metropolis import metropolis_acceptance
 from .progress import NULL_PROGRESS, Progress
-from ..physics.importance import MIN_SAMPLES, importance_diagnostics
+from ..physics.importance import KHAT_THRESHOLD, MIN_SAMPLES, importance_diagnostics
 from ..physics.statistics import ess_fraction, importance_log_z
 
 
@@ -50,9 +50,9 @@ def variational_summary(log_q: torch.Tensor, log_p: torch.Tensor, n_sites: int,
     exact_free_energy_per_site (−ln Z_x/N), gap_per_site, relative_error (gap / (ln Z_x/N));
     always is_log_z_per_site (ln Ẑ/N) with its _err (delta method), is_free_energy_per_site,
     ess_fraction, and the PSIS diagnostics of the weights (``physics.importance``): is_khat (Pareto
-    k̂ of the upper tail), is_reliable (k̂ ≤ 0.7: otherwise ln Ẑ and its error bar are not to be
-    trusted), is_note (why, or None), is_psis_log_z_per_site (Pareto-smoothed ln Ẑ/N, None where
-    k̂ ≥ 0.7).
+    k̂ of the upper tail), is_reliable (k̂ ≤ ½: otherwise the error bar of ln Ẑ is too small, and
+    above 0.7 ln Ẑ itself is not to be trusted), is_note (why, or None), is_psis_log_z_per_site
+    (Pareto-smoothed ln Ẑ/N, None where k̂ ≥ 0.7).
     """
     f = (log_q - log_p).to(torch.float64)
     M = f.numel()
@@ -90,7 +90,8 @@ def format_is_estimate(s: dict[str, Any]) -> str:
     if "is_khat" in s:
         text += f", k̂ = {s['is_khat']:.2f}"
         if not s["is_reliable"]:
-            text += f"  UNRELIABLE: {s['is_note']}"
+            usable = math.isfinite(s["is_khat"]) and s["is_khat"] <= KHAT_THRESHOLD
+            text += f"  {'ERROR BAR ' if usable else ''}UNRELIABLE: {s['is_note']}"
     return text
 
 
