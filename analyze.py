@@ -14,7 +14,7 @@ def main(cfg: DictConfig) -> None:
         set_threads(c.get("threads"))
         settings = {**c["settings"], **(c["sampler"].get("settings") or {})}
         result = run_analysis(run=c["run"], out_dir=c["out_dir"], sampler=c["sampler"]["name"], settings=settings,
-                              samples=c["samples"], L=c["L"], K=c["K"], seed=c["seed"], device=c["device"],
+                              samples=c["samples"], L=c["L"], K=c["K"], at_L=c.get("at_L"), seed=c["seed"], device=c["device"],
                               dtype=c["dtype"], mi=c["mi"], response=c["response"], landscape=c["landscape"],
                               figures=c["figures"], logger=c["log_to"], wandb=c["wandb"],
                               progress=make_progress(bool(c.get("quiet"))))

@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
         per_sampler = dict(c["per_sampler"] or {})
         per_sampler[name] = {**(c["sampler"].get("settings") or {}), **(per_sampler.get(name) or {})}
         summary = run_sampling(run=c["run"], samplers=samplers, out_dir=c["out_dir"], L=c["L"], K=c["K"],
-                               expect=c["expect"], seed=c["seed"], device=c["device"],
+                               expect=c["expect"], at_L=c.get("at_L"), seed=c["seed"], device=c["device"],
                                importance_samples=c["importance_samples"], settings=c["settings"],
                                figures=c["figures"], symmetrize=c["symmetrize"],
                                per_sampler={k: v for k, v in per_sampler.items() if k in samplers},

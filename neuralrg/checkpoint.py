@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .flows import build_flow
+from .flows import build_flow, transfer_flow
 from .flows.model import NeuralRGFlow
 from .physics.target import LatticeTarget, target_from_spec
 from .spec import dtype_name, parse_dtype
@@ -127,3 +127,22 @@ def load_flow(path: str | Path, *, L: int | None = None, K: float | None = None,
     if dtype is not None:
         flow = flow.to(dtype)
     return flow.to(map_location).eval()
+
+
+def load_flow_at(path: str | Path, L: int, *, trained_L: int | None = None, K: float | None = None,
+                 expect: dict[str, Any] | None = None, map_location: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> NeuralRGFlow:
+    """The trained flow of a checkpoint or run directory on the L×L lattice, same parameters.
+
+    ``load_flow`` (``trained_L`` / ``K`` / ``expect`` check the trained target) and then
+    ``flows.transfer_flow``: a level-shared MERA or a flat flow trained at any L runs at this L,
+    its preconditioner and level map rebuilt for the new lattice; a per-level MERA is refused
+    (``CheckpointError`` saying why). In eval mode.
+    """
+    if isinstance(L, bool) or not isinstance(L, int) or L < 2:
+        raise ValueError(f"L must be a lattice size (an integer >= 2), got {L!r}")
+    flow = load_flow(path, L=trained_L, K=K, expect=expect, map_location=map_location, dtype=dtype)
+    try:
+        return transfer_flow(flow, L).eval()
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {resolve_checkpoint(path)} (L = {flow.L}) cannot run at L = {L}: {exc}") from None

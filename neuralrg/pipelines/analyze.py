@@ -73,7 +73,7 @@ from ..analysis.latents import (MI_METHODS, coarse_latent_correlations, latents_
                                 level_pair_statistics, physical_pair_statistics)
 from ..analysis.response import has_preconditioner, response_analysis
 from ..analysis.rg_organisation import rg_organisation
-from ..checkpoint import load_flow, resolve_checkpoint, target_summary
+from ..checkpoint import load_flow, load_flow_at, resolve_checkpoint, target_summary
 from ..plotting import save_figure
 from ..sampling.progress import NULL_PROGRESS, Progress
 from ..sampling.registry import available, resolve_settings, run_sampler
@@ -402,7 +402,8 @@ def log_to_wandb(out: Path, result: dict[str, Any], figures: Sequence[str], wand
 
 def run_analysis(*, run: str | Path, out_dir: str | Path | None = None, sampler: str = "latent_hmc",
                  settings: dict[str, Any] | None = None, samples: str | Path | None = None,
-                 L: int | None = None, K: float | None = None, seed: int = 0, device: str = "auto",
+                 L: int | None = None, K: float | None = None, at_L: int | None = None, seed: int = 0,
+                 device: str = "auto",
                  dtype: str | None = None, mi: dict[str, Any] | None = None,
                  response: dict[str, Any] | None = None, landscape: dict[str, Any] | None = None,
                  figures: bool = True, logger: str = "none", wandb: dict[str, Any] | None = None,
@@ -411,7 +412,8 @@ def run_analysis(*, run: str | Path, out_dir: str | Path | None = None, sampler:
 
     sampler: latent_hmc | flow_metropolis | auto (ignored when ``samples`` names a samples.npz
     of exact draws); settings: chain sizes (``DEFAULT_SETTINGS``); L / K: expected lattice size
-    and coupling (checked against the checkpoint); dtype: float32 | float64 | None (the
+    and coupling (checked against the checkpoint); at_L: analyse the trained flow on the at_L × at_L
+    lattice with the same parameters (as ``sample.run_sampling``); dtype: float32 | float64 | None (the
     checkpoint's); mi / response / landscape: estimator options (``DEFAULT_MI`` …);
     logger: none | wandb; progress: a ``sampling.progress.Progress`` for the long stages. Returns
     the analysis.json content plus "out_dir".
@@ -429,7 +431,10 @@ def run_analysis(*, run: str | Path, out_dir: str | Path | None = None, sampler:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
 
-    flow = load_flow(run, L=L, K=K, map_location=resolve_device(device), dtype=torch_dtype)
+    if at_L is None:
+        flow = load_flow(run, L=L, K=K, map_location=resolve_device(device), dtype=torch_dtype)
+    else:
+        flow = load_flow_at(run, at_L, trained_L=L, K=K, map_location=resolve_device(device), dtype=torch_dtype)
     out = Path(out_dir) if out_dir else run_output_dir(run, "analysis")
     if (out / "analysis.json").exists():
         raise ValueError(f"out_dir {out} already holds a completed analysis; choose another out_dir")

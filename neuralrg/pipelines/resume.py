@@ -92,6 +92,8 @@ def resume_config(current: DictConfig, overrides: list[str]) -> tuple[DictConfig
     OmegaConf.update(saved, "paths.run_dir", str(run_dir), force_add=True)
     OmegaConf.update(saved, "resume", str(run_dir), force_add=True)
     OmegaConf.update(saved, "ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), force_add=True)
+    if saved.get("init_from"):  # a warm-started run (e.g. a ladder rung): its weights are in the checkpoint now
+        OmegaConf.update(saved, "init_from", None, force_add=True)
     return saved, applied
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import load_flow, resolve_checkpoint, target_summary
+from ..checkpoint import load_flow, load_flow_at, resolve_checkpoint, target_summary
 from ..plotting import plot_configurations, plot_latent_levels, plot_traces, save_figure
 from ..physics.statistics import autocorrelation
 from ..sampling.chains import ChainRun, summarize_run
@@ -91,6 +91,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out_dir: str | None = None,
                  L: int | None = None, K: float | None = None, expect: dict[str, Any] | None = None,
+                 at_L: int | None = None,
                  seed: int = 0, device: str = "auto", importance_samples: int = 0, figures: bool = True,
                  symmetrize: bool = True, per_sampler: dict[str, dict[str, Any]] | None = None,
                  max_time: float | str | None = None, progress: Progress | None = None,
@@ -102,7 +103,9 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
     Reverse KL tends to cover only one sign of m, so this is the default; it costs one extra
     inverse pass per density evaluation. ``settings``: shared by all samplers (each takes the
     keys it knows); ``per_sampler``: settings of one sampler, e.g. {"physical_hmc": {"n_samples": 8000}}.
-    ``L`` / ``K`` / ``expect``: expected target parameters of the checkpoint; ``importance_samples``:
+    ``L`` / ``K`` / ``expect``: expected target parameters of the checkpoint; ``at_L``: run the
+    trained flow on the at_L × at_L lattice with the same parameters (a level-shared MERA or a
+    flat flow: ``checkpoint.load_flow_at``, zero-shot transfer); ``importance_samples``:
     0, or M ≥ 2 flow samples for ln Z and ESS. ``max_time``: wall-time budget of the sampling
     ("10m", "90s", "1h" or seconds; also read from ``settings["max_time"]``), shared by the
     samplers in turn (each gets an equal share of what is left, after its warm-up) and stopped
@@ -125,7 +128,10 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
         raise ValueError(f"importance_samples must be 0 (skip) or an integer >= 2, got {importance_samples!r}")
     if not _is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    flow = load_flow(run, L=L, K=K, expect=expect, map_location=resolve_device(device))
+    if at_L is None:
+        flow = load_flow(run, L=L, K=K, expect=expect, map_location=resolve_device(device))
+    else:
+        flow = load_flow_at(run, at_L, trained_L=L, K=K, expect=expect, map_location=resolve_device(device))
     target = flow.target
     trained_z2 = flow.z2
     flow.z2 = (bool(symmetrize) and target.z2_symmetric) or trained_z2

@@ -14,7 +14,8 @@
   ln Z, exact_free_energy_per_site (−ln Z/N), gap_per_site, relative_error (gap / (ln Z/N));
   is_log_z_per_site ± err,
   is_free_energy_per_site, is_gap_per_site, ess_fraction, metropolis_acceptance, n_samples;
-* z2_eval: the same evaluation of the Z2-symmetrised density, for a flow trained without Z2.
+* z2_eval: the same evaluation of the Z2-symmetrised density, for a flow trained without Z2;
+* warm_start (with ``init_from``): from, source_L, and which tensors were copied / new / unused.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import WandbLogger
 
 from ..checkpoint import META_KEY, CheckpointError, flow_metadata, load_flow, read_checkpoint, target_summary
-from ..flows import transfer_mera_weights
+from ..flows import warm_start_flow
 from ..physics.target import same_spec
 from ..sampling.importance import evaluate_flow, format_is_estimate
 from ..spec import parse_dtype
@@ -68,34 +69,43 @@ def _check_resume_matches(ckpt_path: str, module: FlowModule) -> None:
 
 
 def build_module(cfg: DictConfig) -> FlowModule:
-    """Instantiate target, flow and LightningModule from the config."""
+    """Instantiate target, flow and LightningModule from the config (``init_from``: warm start,
+    recorded as ``module.warm_start_info``)."""
     dtype = parse_dtype(cfg.dtype)
     target = instantiate(cfg.target)
     flow = instantiate(cfg.model)(target=target).to(dtype)
-    if cfg.get("init_from"):
-        warm_start(flow, cfg.init_from, resuming=bool(cfg.get("ckpt_path")))
+    info = warm_start(flow, cfg.init_from, resuming=bool(cfg.get("ckpt_path"))) if cfg.get("init_from") else None
     container = OmegaConf.to_container(cfg, resolve=True)
-    return FlowModule(
+    module = FlowModule(
         flow, instantiate(cfg.optimizer), OmegaConf.to_container(cfg.scheduler, resolve=True),
         total_steps=cfg.steps, batch_size=cfg.batch_size, grad_clip=cfg.grad_clip,
         path_gradient=cfg.path_gradient, eval_every=cfg.eval_every, eval_samples=cfg.eval_samples,
         seed=cfg.seed, config=container, loss=container.get("loss"))
+    module.warm_start_info = info
+    return module
 
 
-def warm_start(flow: Any, init_from: str, *, resuming: bool = False) -> None:
-    """Initialise a MERA flow from a trained one (any L; same block architecture).
+def warm_start(flow: Any, init_from: str, *, resuming: bool = False) -> dict[str, Any]:
+    """Initialise ``flow`` from another run's trained flow (any L; same architecture), in place.
 
-    The plaquette blocks are translation invariant, so an L = 8 model can start an L = 16 one:
-    see ``neuralrg.flows.transfer_mera_weights`` for which level initialises which.
+    Every tensor whose L-independent name and shape match is copied
+    (``neuralrg.flows.warm_start_flow``: a level-shared MERA's shared blocks as they are, a
+    per-level MERA's levels fine to fine and top to top, flat couplings by name); tensors the
+    source lacks (more couplings or repeats) keep their identity start. Another kind of model,
+    block type, activation, skeleton, preconditioner or level sharing, and tensors of other
+    shapes, are refused with a ValueError naming them. Returns what was done (for summary.json:
+    from, source_L, copied, new, unused, remapped) and logs it.
     """
     if resuming:
         raise ValueError("init_from and ckpt_path exclude each other: ckpt_path resumes a run, "
                          "init_from starts a new one from another run's weights")
-    if flow.config.get("kind") != "mera":
-        raise ValueError(f"init_from needs model=mera, got kind {flow.config.get('kind')!r}")
     src = load_flow(init_from)
-    n = transfer_mera_weights(src, flow)
-    log.info("warm start: %d blocks initialised from %s (L = %d -> %d)", n, init_from, src.L, flow.L)
+    try:
+        report = warm_start_flow(src, flow)
+    except ValueError as exc:
+        raise ValueError(f"cannot warm-start from init_from={init_from} (L = {src.L}): {exc}") from None
+    log.info("warm start from %s (L = %d -> %d): %s", init_from, src.L, flow.L, report.describe())
+    return {"from": str(init_from), "source_L": src.L, **report.as_dict()}
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
@@ -275,6 +285,8 @@ def _summarise(cfg: DictConfig, trainer: pl.Trainer, module: FlowModule, status:
         "exact": target.exact(),
         "rank_sample_fingerprints": fingerprints,
     }
+    if getattr(module, "warm_start_info", None) is not None:
+        summary["warm_start"] = module.warm_start_info
     if FIT_DATA_TIME_KEY in metrics:  # exact-data generation (loss.name=data), part of wall_time_s
         summary["data_generation_s"] = float(metrics[FIT_DATA_TIME_KEY])
     if status == "completed":

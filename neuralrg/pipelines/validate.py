@@ -30,7 +30,13 @@ def _int(cfg: DictConfig, key: str, lo: int) -> None:
 
 
 def check_training_config(cfg: DictConfig) -> Any:
-    """ValueError naming the setting unless ``cfg`` can train; returns the built (untrained) flow."""
+    """ValueError naming the setting unless ``cfg`` can train; returns the built (untrained) flow
+    (of a ladder, ``ladder.rungs`` set: every rung is checked, ``ladder.check_ladder_config``,
+    and the first rung's flow is returned)."""
+    if (cfg.get("ladder") or {}).get("rungs") is not None:
+        from .ladder import check_ladder_config
+
+        return check_ladder_config(cfg)[0][1]
     parse_dtype(cfg.get("dtype"))
     for key, lo in (("steps", 1), ("batch_size", 2), ("steps_per_epoch", 1), ("eval_every", 0),
                     ("eval_samples", 2), ("final_eval_samples", 2)):

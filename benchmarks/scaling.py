@@ -1,0 +1,123 @@
+"""Cost against lattice size at K_c: does the default flow grow linearly in N = L²? (issue 18)
+
+    python benchmarks/scaling.py                          # L = 8 … 128, batch 16, 1 thread
+    python benchmarks/scaling.py --L 16 32 64 --batch 8 --threads 2 --tag _quick
+
+Each L runs in its own subprocess (so its peak resident memory is its own) with the default model
+of conf/model/mera.yaml (Haar skeleton, preconditioner, 8 RealNVP couplings, hidden [32, 32],
+float32) and measures, medians over ``--repeats``:
+
+* one reverse-KL training step (sample, loss, backward, Adam) of ``--batch`` samples: ms and µs per
+  sample per site;
+* one latent-HMC trajectory (``--leapfrog`` leapfrog steps) of ``--batch`` chains: ms and µs per
+  chain per site;
+* the process's peak resident memory after both (MiB; includes Python + torch, ≈ 300 MiB).
+
+Prints a table with the per-site costs relative to L = 16 (the issue's target: within 1.5× from
+L = 16 to L = 128) and writes benchmarks/results/scaling<tag>.json. Absolute times are of the
+machine named in the JSON; run it on an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int) -> dict:
+    import torch
+
+    from neuralrg import K_C, IsingTarget, build_mera
+    from neuralrg.sampling.hmc import hmc_step, make_potential_and_grad
+    from neuralrg.sampling.latent import latent_potential
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    target = IsingTarget(L, K_C)
+    flow = build_mera(target, skeleton="haar", precondition="auto", n_couplings=8, hidden=[32, 32],
+                      activation="silu")
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
+    n_sites = L * L
+    step_ms = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        loss = flow.reverse_kld(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:
+            step_ms.append(1000 * (time.perf_counter() - t0))
+    flow.eval()
+    for p in flow.parameters():
+        p.requires_grad_(False)
+    pg = make_potential_and_grad(latent_potential(flow))
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(batch, L, L, generator=g)
+    U, grad = pg(z)
+    traj_ms = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        z, U, grad, _, _ = hmc_step(z, U, grad, pg, step_size=0.1, n_leapfrog=leapfrog, generator=g)
+        if i:
+            traj_ms.append(1000 * (time.perf_counter() - t0))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    step, traj = statistics.median(step_ms), statistics.median(traj_ms)
+    return {"L": L, "N": n_sites, "params": sum(p.numel() for p in flow.parameters()), "batch": batch,
+            "train_step_ms": step, "train_us_per_sample_site": 1000 * step / (batch * n_sites),
+            "hmc_trajectory_ms": traj, "hmc_us_per_chain_site": 1000 * traj / (batch * n_sites),
+            "leapfrog": leapfrog, "peak_rss_mib": peak}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--L", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--leapfrog", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: measure one L, print JSON
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.batch, args.repeats, args.leapfrog, args.threads)))
+        return
+    rows = []
+    for L in args.L:
+        cmd = [sys.executable, __file__, "--one", str(L), "--batch", str(args.batch), "--repeats", str(args.repeats),
+               "--leapfrog", str(args.leapfrog), "--threads", str(args.threads)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            print(f"L={L}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+            rows.append({"L": L, "error": res.stderr[-500:]})
+            continue
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(f"L={L} done", file=sys.stderr, flush=True)
+    ok = [r for r in rows if "error" not in r]
+    ref = next((r for r in ok if r["L"] == 16), ok[0] if ok else None)
+    print(f"{'L':>4} {'params':>8} {'step ms':>9} {'µs/(sample·site)':>17} {'vs L16':>7} {'traj ms':>9} "
+          f"{'µs/(chain·site)':>16} {'vs L16':>7} {'peak MiB':>9}")
+    for r in ok:
+        print(f"{r['L']:>4} {r['params']:>8} {r['train_step_ms']:9.1f} {r['train_us_per_sample_site']:17.2f} "
+              f"{r['train_us_per_sample_site'] / ref['train_us_per_sample_site']:7.2f} {r['hmc_trajectory_ms']:9.1f} "
+              f"{r['hmc_us_per_chain_site']:16.2f} {r['hmc_us_per_chain_site'] / ref['hmc_us_per_chain_site']:7.2f} "
+              f"{r['peak_rss_mib']:9.0f}")
+    out = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+           "load_average_at_end": os.getloadavg(), "rows": rows}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"scaling{args.tag}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""Train small, sample large: level-shared flows at other sizes, warm starts, the ladder, memory.
+
+References are independent of the code under test where it matters: parameters are compared
+tensor by tensor against the source flow's own modules, the log-det against the autograd
+Jacobian, and the memory bound against N² = (L²)² counted by a dispatch mode on every op.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from helpers import compose_train, save_checkpoint
+from neuralrg.checkpoint import CheckpointError, load_flow_at
+from neuralrg.flows import build_flat, build_mera, canonical_parameters, transfer_flow
+from neuralrg.physics.ising import IsingTarget
+
+torch.set_num_threads(1)
+os.environ["WANDB_MODE"] = "disabled"
+
+KC = 0.44068679350977147
+F64 = torch.float64
+SMALL = dict(n_couplings=2, hidden=8, activation="silu", skeleton="haar", precondition="auto")
+# tiny and quiet Lightning runs (as in test_training.py)
+QUIET = ["logger=none", "callbacks=minimal", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+         "model.block.n_couplings=2", "model.block.hidden=[8,8]"]
+
+
+def randomised(flow, scale: float = 0.2, seed: int = 0):
+    """Move every parameter away from the identity start (values stay O(1))."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return flow
+
+
+def shared_flow(L: int = 8, **kw):
+    return randomised(build_mera(IsingTarget(L, KC), share_levels=True, **{**SMALL, **kw}).to(F64))
+
+
+def layer_blocks(flow) -> dict[str, torch.nn.Module]:
+    """{layer kind: its block module} (the flow's own modules, not canonical names)."""
+    return {layer.kind: layer.block for layer in flow.flows if hasattr(layer, "kind")}
+
+
+# ----------------------------------------------------------------------------- transfer
+def test_shared_flow_runs_at_larger_sizes_with_the_same_parameters(tmp_path):
+    src = shared_flow(8)
+    src_blocks = layer_blocks(src)
+    for L in (16, 32):
+        big = transfer_flow(src, L)
+        assert big.L == L and big.config["depth"] == int(math.log2(L)) and big.dtype == F64
+        assert big.num_parameters() == src.num_parameters()  # the extra levels add nothing
+        assert set(canonical_parameters(big)) == set(canonical_parameters(src))
+        for kind, blk in layer_blocks(big).items():  # every level, the new ones included
+            role = "decimator0" if kind.startswith("decimator") else "disentangler0.0"
+            ref = src_blocks[role].state_dict()
+            got = blk.state_dict()
+            assert set(got) == set(ref)
+            assert all(torch.equal(got[k], ref[k]) for k in ref), kind
+        # size-dependent parts belong to the new target
+        pre = big.flows[-1]
+        assert pre.L == L and pre.half_logdet == pytest.approx(0.5 * big.target.logdet_A)
+        assert big.latent_levels.shape == (L, L) and int(big.latent_levels.max()) == int(math.log2(L))
+        x, log_q = big.sample(4)
+        assert x.shape == (4, L, L) and torch.isfinite(log_q).all()
+        assert torch.allclose(log_q, big.log_prob(x), atol=1e-8)
+    # the same through a checkpoint
+    save_checkpoint(src, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    loaded = load_flow_at(tmp_path / "run", 16)
+    ref = transfer_flow(src, 16).state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in loaded.state_dict().items())
+    assert not loaded.training
+
+
+def test_transfer_refuses_what_it_cannot_map(tmp_path):
+    per_level = randomised(build_mera(IsingTarget(8, KC), **SMALL).to(F64))
+    with pytest.raises(ValueError, match="share_levels=false"):
+        transfer_flow(per_level, 16)
+    kept = transfer_flow(per_level, 16, depth=3)  # same depth: every level has its blocks
+    assert kept.config["depth"] == 3 and kept.num_parameters() == per_level.num_parameters()
+    with pytest.raises(ValueError, match=r"differs in \['K'\]"):
+        transfer_flow(shared_flow(8), IsingTarget(16, 0.3))
+    save_checkpoint(per_level, tmp_path / "c.ckpt")
+    with pytest.raises(CheckpointError, match="cannot run at L = 16.*share_levels"):
+        load_flow_at(tmp_path / "c.ckpt", 16)
+    flat = randomised(build_flat(IsingTarget(8, KC), n_couplings=2, hidden=4).to(F64))
+    assert torch.equal(transfer_flow(flat, 16).flows[0].net[0].weight, flat.flows[0].net[0].weight)
+
+
+def test_transferred_flow_is_an_exact_bijection_at_L16():
+    big = transfer_flow(shared_flow(8, hidden=6), 16)
+    z = torch.randn(3, 16, 16, dtype=F64)
+    x, ld = big.forward_and_log_det(z)
+    assert not torch.allclose(x, z, atol=1e-2)
+    z_back, ld_inv = big.inverse_and_log_det(x)
+    assert (z_back - z).abs().max() <= 1e-10 and (ld + ld_inv).abs().max() <= 1e-10
+    with torch.no_grad():
+        J = torch.autograd.functional.jacobian(lambda v: big.forward(v.reshape(1, 16, 16)).reshape(-1),
+                                               z[0].reshape(-1), vectorize=True)
+    assert ld[0].item() == pytest.approx(torch.linalg.slogdet(J)[1].item(), abs=1e-8)
+
+
+# ----------------------------------------------------------------------------- warm start
+def _source_run(tmp_path, L: int, **model):
+    """A run directory holding a randomised flow of the QUIET model (float32 like training)."""
+    flow = randomised(build_mera(IsingTarget(L, KC), **{**dict(n_couplings=2, hidden=[8, 8], share_levels=True,
+                                                             skeleton="haar", precondition=True,
+                                                             activation="silu"), **model}))
+    d = tmp_path / f"src_L{L}"
+    save_checkpoint(flow, d / "checkpoints" / "last.ckpt")
+    return flow, d
+
+
+def test_warm_start_copies_every_matching_tensor(tmp_path):
+    from neuralrg.pipelines.train import build_module
+
+    src, d = _source_run(tmp_path, 8)
+    module = build_module(compose_train(*QUIET, "model.share_levels=true", "target.L=16", f"init_from={d}",
+                                        f"paths.run_dir={tmp_path / 'x'}"))
+    dst = module.flow
+    assert dst.L == 16
+    sp, dp = canonical_parameters(src), canonical_parameters(dst)
+    assert set(sp) == set(dp)
+    for name, t in dp.items():  # per parameter: the source's exact values
+        assert torch.equal(t, sp[name]), name
+    info = module.warm_start_info
+    assert info["copied"] == len(dp) and info["new"] == [] and info["unused"] == [] and info["source_L"] == 8
+
+    # a per-level MERA: fine levels one to one, top to top, the extra middle level from the last non-top one
+    src2, d2 = _source_run(tmp_path, 4, share_levels=False)
+    module = build_module(compose_train(*QUIET, "model.share_levels=false", "target.L=16", f"init_from={d2}",
+                                        f"paths.run_dir={tmp_path / 'y'}"))
+    blocks, ref = layer_blocks(module.flow), layer_blocks(src2)
+    for dst_kind, src_kind in (("decimator0", "decimator0"), ("decimator1", "decimator0"),
+                               ("decimator2", "decimator0"), ("decimator3", "decimator1"),
+                               ("disentangler3.0", "disentangler1.0")):
+        a, b = blocks[dst_kind].state_dict(), ref[src_kind].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in b), dst_kind
+    assert module.warm_start_info["remapped"] == {
+        "decimator1": "decimator0", "decimator2": "decimator0", "decimator3": "decimator1",
+        "disentangler1.0": "disentangler0.0", "disentangler2.0": "disentangler0.0", "disentangler3.0": "disentangler1.0"}
+
+
+@pytest.mark.parametrize("override,match", [
+    ("model.block.hidden=[8,4]", r"shapes differ: decimator\.block\.couplings\.0\.hidden\.0\.weight \(8, 8\) there, \(4, 8\) here"),
+    ("model.block.hidden=[8,8,8]", r"another layout \(hidden \[8, 8\] there, \[8, 8, 8\] here\).*hidden\.1\.weight"),
+    ("model.block._target_=neuralrg.flows.odd.OddPlaquetteBijector", "block class"),
+    ("model.skeleton=none", "skeleton"),
+    ("model.share_levels=false", "share_levels"),
+])
+def test_warm_start_refuses_mismatched_models(tmp_path, override, match):
+    from neuralrg.pipelines.train import build_module
+
+    _, d = _source_run(tmp_path, 8)
+    shared = [] if override.startswith("model.share_levels") else ["model.share_levels=true"]
+    cfg = compose_train(*QUIET, *shared, "target.L=16", f"init_from={d}", override, f"paths.run_dir={tmp_path / 'x'}")
+    with pytest.raises(ValueError, match=f"cannot warm-start from init_from={d} \\(L = 8\\): .*{match}"):
+        build_module(cfg)
+
+
+# ----------------------------------------------------------------------------- the ladder
+def _ladder_cfg(tmp_path, *overrides):
+    return compose_train(*QUIET, "model.share_levels=true", "batch_size=16", "eval_samples=64", "final_eval_samples=128", "eval_every=0",
+                         f"paths.run_dir={tmp_path / 'ladder'}", *overrides)
+
+
+@pytest.mark.parametrize("rungs,match", [
+    ("[8,12,16]", "powers of two >= 4, got 12"),
+    ("[16,8]", "strictly increasing, got 16 then 8"),
+    ("[8,8]", "strictly increasing"),
+    ("[2,4]", "powers of two >= 4, got 2"),
+    ("[]", "non-empty list"),
+])
+def test_ladder_refuses_bad_rungs(tmp_path, rungs, match):
+    from neuralrg.pipelines.validate import check_training_config
+
+    with pytest.raises(ValueError, match=f"ladder.rungs must be .*{match}"):
+        check_training_config(_ladder_cfg(tmp_path, f"ladder.rungs={rungs}"))
+
+
+def test_ladder_config_checks_and_rungs(tmp_path):
+    from neuralrg.pipelines.ladder import rung_configs
+    from neuralrg.pipelines.validate import check_training_config
+
+    with pytest.raises(ValueError, match=r"ladder.steps must give one value per rung \(3\)"):
+        check_training_config(_ladder_cfg(tmp_path, "ladder.rungs=[4,8,16]", "ladder.steps=[5,6]"))
+    with pytest.raises(ValueError, match="ladder.steps or ladder.budget, not both"):
+        check_training_config(_ladder_cfg(tmp_path, "ladder.rungs=[4,8]", "ladder.steps=5", "ladder.budget=1m"))
+    with pytest.raises(ValueError, match="ladder.per_rung may not set"):
+        check_training_config(_ladder_cfg(tmp_path, "ladder.rungs=[4,8]", "+ladder.per_rung.target={L: 4}"))
+    # init_from: another K is refused, the same target at any L is fine
+    _, other_k = _source_run(tmp_path, 4)
+    other = IsingTarget(4, 0.3)
+    flow = randomised(build_mera(other, n_couplings=2, hidden=[8, 8], share_levels=True, skeleton="haar",
+                                 precondition=True, activation="silu"))
+    save_checkpoint(flow, tmp_path / "k03" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match=r"init_from=.*k03 was trained for another target \(K = 0.3 there, "
+                                         r"0.4406867935\d* here\)"):
+        check_training_config(_ladder_cfg(tmp_path, "ladder.rungs=[8,16]", f"init_from={tmp_path / 'k03'}"))
+    cfg = _ladder_cfg(tmp_path, "ladder.rungs=[8,16,32]", "ladder.steps=[5,6,7]", f"init_from={other_k}",
+                      "+ladder.per_rung.batch_size=[32,16,8]")
+    check_training_config(cfg)
+    rungs = rung_configs(cfg, tmp_path / "lad")
+    assert [c.target.L for c in rungs] == [8, 16, 32] and [c.steps for c in rungs] == [5, 6, 7]
+    assert [c.batch_size for c in rungs] == [32, 16, 8]
+    assert [c.init_from for c in rungs] == [str(other_k), str(tmp_path / "lad" / "L8"), str(tmp_path / "lad" / "L16")]
+    assert [c.paths.run_dir for c in rungs] == [str(tmp_path / "lad" / f"L{L}") for L in (8, 16, 32)]
+    assert all(c.ladder is None for c in rungs)
+    # a model that the next rung cannot warm-start from is refused before any work
+    with pytest.raises(ValueError, match=r"rung L = 8 cannot warm-start from rung L = 4: .*hidden"):
+        check_training_config(_ladder_cfg(tmp_path, "ladder.rungs=[4,8]", "+ladder.per_rung.model.block.hidden=[[8,8],[8,4]]"))
+
+
+def test_ladder_runs_and_writes_its_table(tmp_path):
+    from neuralrg.pipelines.ladder import format_ladder, run_ladder
+
+    result = run_ladder(_ladder_cfg(tmp_path, "ladder.rungs=[4,8]", "ladder.steps=[4,3]"))
+    d = tmp_path / "ladder"
+    saved = json.loads((d / "ladder.json").read_text())
+    assert saved["status"] == result["status"] == "completed"
+    rows = saved["rows"]
+    assert [r["L"] for r in rows] == [4, 8] and [r["steps"] for r in rows] == [4, 3]
+    for r, L in zip(rows, (4, 8)):
+        exact = IsingTarget(L, KC).log_z / L**2
+        assert r["exact_log_z_per_site"] == pytest.approx(exact, rel=1e-12)
+        assert math.isfinite(r["gap_per_site"]) and math.isfinite(r["z2_gap_per_site"]) and 0 < r["ess_fraction"] <= 1
+    s8 = saved["summaries"][1]
+    assert s8["warm_start"]["from"] == str(d / "L4") and s8["warm_start"]["new"] == []
+    assert (d / "L4" / "checkpoints" / "last.ckpt").is_file() and (d / "L8" / "summary.json").is_file()
+    table = format_ladder(result)
+    assert "Z2 gap/N" in table and "ln Z/N exact" in table and len(table.splitlines()) >= 4
+
+
+# ----------------------------------------------------------------------------- memory
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any dispatched op returns (forward, backward, optimizer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel, self.op = 0, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.numel() > self.numel:
+                self.numel, self.op = t.numel(), str(func)
+        return out
+
+
+@pytest.mark.parametrize("share_levels", [True, False])
+def test_one_training_step_at_L64_has_no_dense_N_by_N_tensor(share_levels):
+    """The default model (Haar skeleton, preconditioner, silu) at L = 64: building the target and
+    flow, one reverse-KL step (sample, log q, E(x), backward, Adam) and the exact ln Z the
+    training step logs allocate nothing of N² = 4096² elements (the largest is O(batch·N·width))."""
+    L, batch = 64, 2
+    N = L * L
+    with LargestTensor() as mode:
+        target = IsingTarget(L, KC)
+        flow = build_mera(target, share_levels=share_levels, skeleton="haar", precondition="auto", activation="silu")
+        opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
+        loss = flow.reverse_kld(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert math.isfinite(target.log_z)
+    assert torch.isfinite(loss)
+    assert 0 < mode.numel < N * N, f"{mode.op} returned {mode.numel} elements"
+    assert mode.numel <= 64 * batch * N, f"{mode.op} returned {mode.numel} elements"
+
+
+def test_resuming_a_warm_started_rung_does_not_warm_start_again(tmp_path):
+    """A rung's config.yaml holds init_from; resume continues from its own checkpoint instead."""
+    from omegaconf import OmegaConf
+
+    from neuralrg.pipelines.resume import resume_config
+
+    run = tmp_path / "L16"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    saved = compose_train(*QUIET, "target.L=16", f"init_from={tmp_path / 'L8'}", f"paths.run_dir={run}")
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(saved, resolve=True))
+    cfg, applied = resume_config(compose_train(f"resume={run}", "steps=50"), [f"resume={run}", "steps=50"])
+    assert cfg.init_from is None and cfg.ckpt_path == str(run / "checkpoints" / "last.ckpt")
+    assert cfg.steps == 50 and applied == ["steps=50"]
+
+
+def test_sample_and_analyze_pipelines_run_a_flow_at_another_size(tmp_path):
+    """``sample.py at_L=…`` / ``analyze.py at_L=…``: the L = 4 level-shared flow sampled at L = 8,
+    compared with the exact L = 8 values; a bad at_L and a per-level flow are refused clearly."""
+    from neuralrg.pipelines.analyze import run_analysis
+    from neuralrg.pipelines.sample import run_sampling
+
+    src = shared_flow(4)
+    save_checkpoint(src, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    summary = run_sampling(run=str(tmp_path / "run"), samplers=["latent_hmc"], at_L=8, L=4, out_dir=str(tmp_path / "s"),
+                           settings=dict(n_chains=4, n_warmup=3, n_samples=10, n_leapfrog=2), importance_samples=64,
+                           figures=False)
+    assert summary["target"]["L"] == 8
+    r = summary["samplers"]["latent_hmc"]
+    assert r["exact"]["energy_per_site"] == pytest.approx(IsingTarget(8, KC).exact()["energy_per_site"])
+    with pytest.raises(ValueError, match="L must be a lattice size"):
+        run_sampling(run=str(tmp_path / "run"), samplers=["latent_hmc"], at_L=0, out_dir=str(tmp_path / "s2"),
+                     settings={})
+    with pytest.raises(CheckpointError, match="trained for L = 4, not L = 8"):  # L checks the checkpoint
+        run_sampling(run=str(tmp_path / "run"), samplers=["latent_hmc"], at_L=8, L=8, out_dir=str(tmp_path / "s3"),
+                     settings={})
+    result = run_analysis(run=str(tmp_path / "run"), at_L=8, out_dir=tmp_path / "a", figures=False, device="cpu",
+                          settings=dict(n_chains=8, n_warmup=3, n_samples=20, n_leapfrog=2), mi={"max_samples": 100},
+                          response={"n_latents": 1, "n_configs": 1})
+    assert result["latent_levels"]["n_levels"] == 4  # the L = 8 hierarchy: levels 0..3
+    assert len(result["level_stats"]) == 4
