@@ -322,15 +322,34 @@ def test_pair_overlap_moments_against_enumeration():
 
 
 # ----------------------------------------------------------------------------- samplers
-def test_wolff_refuses_non_uniform_couplings():
-    for t in (IsingTarget(4, 0.8, disorder="pm_j", seed=0), IsingTarget(4, 0.5, K_y=0.3)):
-        reason = unsupported_reason("wolff", t)
-        assert reason is not None and "uniform couplings" in reason and t.bond_kind in reason
-        with pytest.raises(ValueError, match="does not apply"):
-            run_sampler("wolff", None, t, resolve_settings("wolff"))
-    assert "K > 0" in unsupported_reason("wolff", IsingTarget(4, -0.5))
+def test_wolff_refuses_frustrated_couplings():
+    glass = IsingTarget(4, 0.8, disorder="pm_j", seed=0)
+    reason = unsupported_reason("wolff", glass)
+    assert reason is not None and "translation-invariant couplings" in reason and glass.bond_kind in reason
+    with pytest.raises(ValueError, match="does not apply"):
+        run_sampler("wolff", None, glass, resolve_settings("wolff"))
+    for odd in (IsingTarget(5, -0.5), IsingTarget(5, 0.5, K_y=-0.3)):  # an AFM direction on odd L: frustrated
+        assert "odd L = 5 torus is frustrated" in unsupported_reason("wolff", odd)
     assert unsupported_reason("wolff", IsingTarget(4, 0.5)) is None
-    assert unsupported_reason("parallel_tempering", IsingTarget(4, 0.8, disorder="pm_j", seed=0)) is None
+    assert unsupported_reason("parallel_tempering", glass) is None
+
+
+@pytest.mark.parametrize("target", [IsingTarget(4, -0.5), IsingTarget(4, 0.6, K_y=0.25), IsingTarget(4, -0.6, K_y=0.3),
+                                    IsingTarget(6, 0.2, K_y=-0.5)],
+                         ids=["afm_L4", "aniso_L4", "afm_x_ferro_y_L4", "ferro_x_afm_y_L6"])
+def test_wolff_is_exact_for_unfrustrated_couplings(target):
+    """Anisotropic bonds (two bond probabilities) and antiferromagnetic directions on even L (the
+    sublattice gauge s = g·σ) against the transfer matrix: energy, m² and the specific heat."""
+    assert unsupported_reason("wolff", target) is None
+    run = run_sampler("wolff", None, target, resolve_settings("wolff", {"n_chains": 32, "n_warmup": 20,
+                                                                        "n_samples": 300}), gen(4))
+    summ = summarize_run(run, target)
+    ex = {**target.exact(), "m2": transfer_matrix_solution(*target.couplings())["m2"]}
+    for key in ("energy_per_site", "m2", "specific_heat_per_site"):
+        within(summ, key, ex[key])
+    # kept x are exact HS samples of the (gauged) spins: the continuous energy estimator agrees too
+    e = target.observables(run.x.to(F64))["energy"]
+    assert abs(float(e.mean()) - ex["energy_per_site"]) < N_SIGMA * float(e.std()) / math.sqrt(e.numel()) * 3
 
 
 def within(summary: dict, key: str, exact: float) -> float:
@@ -401,3 +420,15 @@ def test_parallel_tempering_from_a_flow_and_with_a_time_budget():
     assert not run.partial and run.observables["energy"].shape == (4, 10) and "q2" in run.observables
     cut = run_sampler("parallel_tempering", flow, GLASS, s, gen(0), max_time=0.0)
     assert cut.partial and cut.observables["energy"].shape == (4, 2)
+
+
+def test_exact_data_for_the_antiferromagnet_is_exact():
+    """loss.name=data on an even-L antiferromagnet: Wolff through the gauge, x | s ~ N(A s, A)."""
+    from neuralrg.training.chains import ExactIsingData
+
+    target = IsingTarget(4, -0.5)
+    data = ExactIsingData(target, 4096, n_chains=64, sweep_spacing=2, warmup_sweeps=20, seed=1)
+    e = target.observables(data.x)["energy"]
+    exact = target.exact()["energy_per_site"]
+    assert exact > 0  # antiferromagnetic order at K = −0.5: H/N = −Σ s s/N > 0
+    assert abs(float(e.mean()) - exact) < N_SIGMA * float(e.std()) / math.sqrt(e.numel()) * 2

@@ -110,8 +110,8 @@ def test_wolff_through_registry_is_exact():
 
 
 @pytest.mark.parametrize("target, match", [
-    (IsingTarget(4, -K_C), "ferromagnetic coupling K > 0"),
-    (Phi4Target(4, 0.2, 0.022), "uniform ferromagnetic Ising model .* not a Phi4Target"),
+    (IsingTarget(5, -K_C), "odd L = 5 torus is frustrated"),
+    (Phi4Target(4, 0.2, 0.022), "Ising model with translation-invariant couplings .* not a Phi4Target"),
 ])
 def test_wolff_refuses_other_targets(target, match):
     assert unsupported_reason("wolff", target) is not None

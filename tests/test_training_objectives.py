@@ -281,7 +281,7 @@ def test_nan_guard_covers_flow_mcmc(tmp_path, monkeypatch):
     (["+loss.n_chain=8"], r"unknown loss setting\(s\) \['n_chain'\]"),
     (["loss.name=data", "loss.after=data"], "loss.after"),
     (["loss.name=data", "target=phi4", "target.L=4"], "loss.name=data.*not a Phi4Target"),
-    (["loss.name=data", "target.K=-0.3"], "loss.name=data.*ferromagnetic coupling K > 0"),
+    (["loss.name=data", "target=ising_glass", "target.L=4"], "loss.name=data.*translation-invariant couplings"),
     (["loss.name=data", "loss.data_epochs=2", "loss.pretrain_steps=5"], "exclude each other"),
 ])
 def test_bad_loss_config_raises_value_error(tmp_path, overrides, words):

@@ -94,6 +94,8 @@ def test_determinism_record_and_generator():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(K=-0.4), "ferromagnetic couplings"),
     (dict(K=0.0), "ferromagnetic couplings"),
+    (dict(K_y=-0.2), "ferromagnetic couplings"),
+    (dict(K_y=float("inf")), "K_y must be a finite"),
     (dict(K=float("nan")), "finite"),
     (dict(L=1), "L must be"),
     (dict(n_chains=0), "n_chains"),

@@ -236,6 +236,15 @@ class IsingTarget(LatticeTarget):
             mom.update(pair_overlap_moments(x))
         return mom
 
+    def spin_observables(self, s: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The same per-site moments as ``observables`` measured directly on ±1 spins s (B, L, L)
+        with this target's bonds (``observables.spin_moments``): what exact spin samplers (Wolff)
+        report."""
+        from .observables import spin_moments
+
+        J = self._bond_tensors(s)
+        return spin_moments(s) if J is None else spin_moments(s, *J)
+
     def summarize(self, series: dict[str, torch.Tensor], c: float = 6.0) -> dict[str, dict[str, Any]]:
         """``observables.summarize_observables``: e, ⟨m²⟩, ⟨|m|⟩, χ, C, Binder with error bars; with
         ``q2``/``q4`` series (glass, chains paired 2i/2i+1) also ⟨q²⟩, χ_SG = N⟨q²⟩ and the Binder

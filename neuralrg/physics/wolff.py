@@ -1,9 +1,15 @@
-"""Wolff single-cluster Monte Carlo for the uniform ferromagnetic Ising model, and exact HS samples.
+"""Wolff single-cluster Monte Carlo for translation-invariant Ising models, and exact HS samples.
 
 Conventions (``docs/conventions.md``): L×L torus, N = L², every site bonds to its right and
 lower neighbour (2N bonds; for L = 2 each neighbouring pair carries two bonds, each activated
 independently, so the pair is effectively coupled by 2K as in the ``torch.roll`` energies),
-weight exp(K Σ_⟨ij⟩ s_i s_j) with K > 0. Spins are ±1 int8 arrays shaped (n_chains, L, L).
+weight exp(K Σ_horizontal s_i s_j + K_y Σ_vertical s_i s_j), K, K_y > 0 in ``wolff_chains``.
+Spins are ±1 int8 arrays shaped (n_chains, L, L).
+
+Antiferromagnetic directions (K < 0 and/or K_y < 0) on even L are the ferromagnet in disguise:
+with the gauge g_ij = (−1)^{[K<0]·j + [K_y<0]·i}, s = g·σ maps the ferromagnet σ at |K|, |K_y|
+onto them exactly (``wolff_target_chains``). Odd L with an antiferromagnetic direction is
+frustrated, and so are disordered bonds: cluster moves do not apply (``wolff_unsupported_reason``).
 
 Wolff update: pick a uniformly random seed site, grow its cluster by activating every bond to
 a not-yet-added neighbour of the seed's spin with probability p = 1 − e^{−2K} (each bond is
@@ -30,24 +36,43 @@ import torch
 if TYPE_CHECKING:
     from .ising import IsingTarget
 
-__all__ = ["WolffResult", "wolff_chains", "spin_series", "exact_x_from_spins", "wolff_unsupported_reason"]
+__all__ = ["WolffResult", "wolff_chains", "wolff_target_chains", "wolff_couplings", "spin_series",
+           "exact_x_from_spins", "wolff_unsupported_reason"]
 
 
-def wolff_unsupported_reason(target: object) -> str | None:
-    """None where ``wolff_chains(target.L, target.K, …)`` samples ``target``'s spins exactly (an
-    ``IsingTarget`` with uniform ferromagnetic couplings), else why not. Anisotropic, disordered
-    (glass) and antiferromagnetic couplings are refused: the engine has one bond probability and
-    frustrated bonds defeat cluster algorithms."""
+def wolff_couplings(target: object) -> tuple[float, float, np.ndarray]:
+    """(|K_x|, |K_y|, gauge g (L, L) int8) such that the target's spins are s = g·σ with σ the
+    ferromagnet at |K_x|, |K_y| (module docstring). ValueError (the reason) where no such map
+    exists: not an ``IsingTarget``, site-dependent bonds, an antiferromagnetic direction on odd L,
+    or a zero coupling."""
     from .ising import IsingTarget
 
     if type(target) is not IsingTarget:  # a subclass may change the couplings: refuse it too
-        return (f"Wolff cluster updates need the uniform ferromagnetic Ising model (IsingTarget with K > 0), "
-                f"not a {type(target).__name__}")
-    if not target.is_uniform:
-        return (f"Wolff cluster updates need uniform couplings; this target has {target.bond_kind} bonds "
-                f"(site-dependent or frustrated couplings: use physical_hmc or parallel_tempering)")
-    if not target.K > 0:
-        return f"Wolff cluster updates need a ferromagnetic coupling K > 0, got K = {target.K}"
+        raise ValueError(f"Wolff cluster updates need the Ising model with translation-invariant couplings "
+                         f"(IsingTarget), not a {type(target).__name__}")
+    if not target.translation_invariant:
+        raise ValueError(f"Wolff cluster updates need translation-invariant couplings; this target has "
+                         f"{target.bond_kind} bonds (site-dependent or frustrated couplings: use physical_hmc "
+                         f"or parallel_tempering)")
+    L, kx = target.L, float(target.K)
+    ky = kx if target.K_y is None else float(target.K_y)
+    if kx == 0.0 or ky == 0.0:
+        raise ValueError(f"Wolff cluster updates need non-zero couplings, got K = {kx}, K_y = {ky}")
+    if (kx < 0 or ky < 0) and L % 2:
+        raise ValueError(f"an antiferromagnetic coupling (K = {kx}, K_y = {ky}) on the odd L = {L} torus is "
+                         f"frustrated: Wolff cluster updates do not apply (use physical_hmc or parallel_tempering)")
+    i, j = np.indices((L, L))
+    gauge = np.where(((kx < 0) * j + (ky < 0) * i) % 2 == 0, 1, -1).astype(np.int8)
+    return abs(kx), abs(ky), gauge
+
+
+def wolff_unsupported_reason(target: object) -> str | None:
+    """None where ``wolff_target_chains`` samples ``target``'s spins exactly (an ``IsingTarget``
+    with uniform or anisotropic couplings, antiferromagnetic ones on even L), else why not."""
+    try:
+        wolff_couplings(target)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -87,12 +112,14 @@ def _neighbours(L: int, n_chains: int) -> np.ndarray:
 class _WolffEngine:
     """Vectorised asynchronous Wolff cluster flips on n_chains flat spin arrays."""
 
-    def __init__(self, L: int, K: float, spins: np.ndarray, rng: np.random.Generator) -> None:
+    def __init__(self, L: int, K: float, spins: np.ndarray, rng: np.random.Generator, K_y: float) -> None:
         self.N = L * L
         self.C = spins.shape[0]
         self.s = np.ascontiguousarray(spins.reshape(-1), dtype=np.int8).copy()
         self.nbr = _neighbours(L, self.C)
-        self.p = -math.expm1(-2.0 * K)
+        px, py = -math.expm1(-2.0 * K), -math.expm1(-2.0 * K_y)
+        self.p = np.array([px, px, py, py])  # bond probability per neighbour column (right, left, down, up)
+        self.isotropic = px == py
         self.rng = rng
         self._mark = np.zeros(self.s.size, dtype=np.int64)
 
@@ -129,8 +156,10 @@ class _WolffEngine:
             # Frontier sites are already flipped: a neighbour still carrying the cluster's
             # original spin differs from them; each such bond is tested exactly once.
             cand = nbr[frontier].reshape(-1)
-            cand = cand[s[cand] != np.repeat(s[frontier], 4)]
-            cand = cand[rng.random(cand.size) < self.p]
+            differ = s[cand] != np.repeat(s[frontier], 4)
+            cand = cand[differ]
+            p = self.p[0] if self.isotropic else np.tile(self.p, frontier.size)[differ]
+            cand = cand[rng.random(cand.size) < p]
             # a site reached through several bonds joins once
             order = np.arange(cand.size)
             self._mark[cand] = order
@@ -145,8 +174,9 @@ def wolff_chains(L: int, K: float, n_chains: int, n_sweeps: int, n_warmup: int =
                  seed: int | np.random.Generator | None = None, *,
                  record: Callable[[int, np.ndarray], None] | None = None,
                  clusters_per_sweep: int | None = None,
-                 init: np.ndarray | None = None) -> WolffResult:
-    """Run ``n_chains`` independent Wolff chains of the L×L torus Ising model at coupling K > 0.
+                 init: np.ndarray | None = None, K_y: float | None = None) -> WolffResult:
+    """Run ``n_chains`` independent Wolff chains of the L×L torus Ising model at coupling K > 0
+    (horizontal bonds; vertical ones K_y > 0, default K).
 
     Chains start from independent random spins (or ``init``, (n_chains, L, L) of ±1), do
     ``n_warmup`` warm-up sweeps (each ≥ N flipped spins per chain), then ``n_sweeps``
@@ -160,10 +190,13 @@ def wolff_chains(L: int, K: float, n_chains: int, n_sweeps: int, n_warmup: int =
     if isinstance(K, bool) or not isinstance(K, Real) or not math.isfinite(float(K)):
         raise ValueError(f"K must be a finite real number, got {K!r}")
     K = float(K)
-    if K <= 0.0:
-        raise ValueError(f"Wolff cluster updates need ferromagnetic couplings (K > 0); got K = {K}. "
-                         "For K < 0 on even L sample +|K| and apply the sublattice gauge "
-                         "s -> (-1)^(i+j) s; frustrated couplings are not supported.")
+    if K_y is not None and (isinstance(K_y, bool) or not isinstance(K_y, Real) or not math.isfinite(float(K_y))):
+        raise ValueError(f"K_y must be a finite real number or None, got {K_y!r}")
+    K_y = K if K_y is None else float(K_y)
+    if K <= 0.0 or K_y <= 0.0:
+        raise ValueError(f"Wolff cluster updates need ferromagnetic couplings (K, K_y > 0); got K = {K}, "
+                         f"K_y = {K_y}. For antiferromagnetic couplings on even L use wolff_target_chains "
+                         "(the sublattice gauge); frustrated couplings are not supported.")
     n_chains = _check_int(n_chains, "n_chains", 1)
     n_sweeps = _check_int(n_sweeps, "n_sweeps", 0)
     n_warmup = _check_int(n_warmup, "n_warmup", 0)
@@ -182,7 +215,7 @@ def wolff_chains(L: int, K: float, n_chains: int, n_sweeps: int, n_warmup: int =
         spins = np.asarray(init)
         if spins.shape != (n_chains, L, L) or not np.all(np.abs(spins) == 1):
             raise ValueError(f"init must be ±1 spins shaped {(n_chains, L, L)}, got shape {spins.shape}")
-    eng = _WolffEngine(L, K, spins, rng)
+    eng = _WolffEngine(L, K, spins, rng, K_y)
 
     warm_sizes = []
     for w in range(n_warmup):
@@ -209,6 +242,29 @@ def wolff_chains(L: int, K: float, n_chains: int, n_sweeps: int, n_warmup: int =
     return WolffResult(spins=out, final_spins=eng.s.reshape(n_chains, L, L).copy(),
                        clusters_per_sweep=clusters_per_sweep, mean_cluster_size=mean_size,
                        spins_per_sweep=total / (n_chains * n_sweeps) if n_sweeps else float("nan"))
+
+
+def wolff_target_chains(target: "IsingTarget", n_chains: int, n_sweeps: int, n_warmup: int = 20,
+                        seed: int | np.random.Generator | None = None, *,
+                        record: Callable[[int, np.ndarray], None] | None = None,
+                        clusters_per_sweep: int | None = None, init: np.ndarray | None = None) -> WolffResult:
+    """``wolff_chains`` for ``target``'s own couplings (``wolff_couplings``: anisotropic, and
+    antiferromagnetic on even L through the gauge). ``init``, ``record``'s states and the
+    result's spins are the target's spins s = g·σ. ValueError where Wolff does not apply."""
+    kx, ky, g = wolff_couplings(target)
+    flip = not np.all(g == 1)
+    ferro_init = None if init is None else np.asarray(init) * g if flip else init
+    ferro_record = record
+    if record is not None and flip:
+        def ferro_record(t: int, sigma: np.ndarray) -> None:
+            record(t, sigma * g)
+    res = wolff_chains(target.L, kx, n_chains, n_sweeps, n_warmup, seed, record=ferro_record,
+                       clusters_per_sweep=clusters_per_sweep, init=ferro_init, K_y=ky)
+    if flip:
+        res.final_spins = res.final_spins * g
+        if res.spins is not None:
+            res.spins = res.spins * g
+    return res
 
 
 def spin_series(spins: np.ndarray) -> dict[str, np.ndarray]:

@@ -21,9 +21,9 @@ stream) and is not written to checkpoints (a resumed run re-initialises its chai
 with ``burn_in`` updates).
 
 ``ExactIsingData``: exact samples of the Ising relaxation, from Wolff cluster chains
-(``wolff_chains``, recorded every ``sweep_spacing`` sweeps, ≈ 2τ_int at K_c) turned into x by
-x | s ~ N(A s, A) (``exact_x_from_spins``). Only ``IsingTarget`` with K > 0 has this source
-(``check_data_source``).
+(``wolff_target_chains``, recorded every ``sweep_spacing`` sweeps, ≈ 2τ_int at K_c) turned into x
+by x | s ~ N(A s, A) (``exact_x_from_spins``). Only unfrustrated, translation-invariant
+``IsingTarget``s have this source (``check_data_source``).
 """
 from __future__ import annotations
 
@@ -151,7 +151,8 @@ class FlowMCMCChains:
 
 def check_data_source(target: LatticeTarget) -> None:
     """Raise ``ValueError`` unless exact samples of ``target`` can be generated: Wolff chains,
-    i.e. the Ising relaxation with uniform ferromagnetic couplings (``wolff_unsupported_reason``)."""
+    i.e. the Ising relaxation with translation-invariant, unfrustrated couplings
+    (``wolff_unsupported_reason``)."""
     from ..physics.wolff import wolff_unsupported_reason
 
     why = wolff_unsupported_reason(target)
@@ -161,7 +162,7 @@ def check_data_source(target: LatticeTarget) -> None:
 
 
 class ExactIsingData:
-    """Exact x samples of an ``IsingTarget`` (K > 0), generated once, served as minibatches.
+    """Exact x samples of an ``IsingTarget`` Wolff applies to, generated once, served as minibatches.
 
     ``n_samples`` configurations from ``min(n_chains, n_samples)`` Wolff chains after
     ``warmup_sweeps`` warm-up sweeps, recorded every ``sweep_spacing`` sweeps, each turned into
@@ -172,7 +173,7 @@ class ExactIsingData:
     def __init__(self, target: LatticeTarget, n_samples: int, *, n_chains: int = 64, sweep_spacing: int = 2,
                  warmup_sweeps: int = 20, seed: int | list[int] = 0) -> None:
         check_data_source(target)
-        from ..physics.wolff import exact_x_from_spins, wolff_chains
+        from ..physics.wolff import exact_x_from_spins, wolff_target_chains
 
         self.n_samples = int(n_samples)
         C = min(int(n_chains), self.n_samples)
@@ -186,8 +187,8 @@ class ExactIsingData:
             if (t + 1) % sweep_spacing == 0:
                 kept.append(spins)
 
-        res = wolff_chains(target.L, target.K, C, T * int(sweep_spacing), n_warmup=int(warmup_sweeps),
-                           seed=np.random.default_rng(rng_spins), record=record)
+        res = wolff_target_chains(target, C, T * int(sweep_spacing), n_warmup=int(warmup_sweeps),
+                                  seed=np.random.default_rng(rng_spins), record=record)
         spins = np.stack(kept, axis=1).reshape(-1, target.L, target.L)[: self.n_samples]
         gen = torch.Generator().manual_seed(int(rng_x.generate_state(1)[0]))
         self.x = exact_x_from_spins(target, spins, generator=gen, dtype=torch.float64)

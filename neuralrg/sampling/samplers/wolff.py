@@ -1,9 +1,10 @@
 """Wolff single-cluster updates of the spins: the reference row a flow sampler is compared with.
 
-Applies only to the uniform ferromagnetic Ising model (``IsingTarget`` with K > 0, uniform bonds) and never
-touches the flow. One step is one sweep: ``clusters_per_sweep`` cluster flips per chain (fixed
+Applies to the Ising model with translation-invariant couplings (uniform or anisotropic; antiferromagnetic
+ones on even L through the sublattice gauge, ``physics.wolff``) and never touches the flow. One step is one sweep: ``clusters_per_sweep`` cluster flips per chain (fixed
 after warm-up so that a sweep flips ≈ N spins; ``neuralrg.physics.wolff``). Observables are the
-exact spin moments (``spin_moments``: energy = H/N, energy2, m, m2, m4, abs_m) of the state after
+exact spin moments (``IsingTarget.spin_observables``: energy = H/N with the target's bonds, energy2,
+m, m2, m4, abs_m) of the state after
 every sweep, the keys the Ising target's ``summarize`` takes. Kept configurations are exact HS
 fields x | s ~ N(A s, A) of the kept spins (``exact_x_from_spins``); z and log_q are None.
 Timing: ``seconds_per_step`` is the wall time of one production sweep of all chains including
@@ -17,9 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...physics.observables import spin_moments
 from ...physics.target import LatticeTarget
-from ...physics.wolff import exact_x_from_spins, wolff_chains, wolff_unsupported_reason
+from ...physics.wolff import exact_x_from_spins, wolff_target_chains, wolff_unsupported_reason
 from ..chains import ChainRun, keep_every
 from ..progress import NULL_PROGRESS, Deadline, Progress
 from ..registry import Sampler, check_settings
@@ -32,8 +32,8 @@ class _Stop(Exception):
 
 
 def wolff_support(target: LatticeTarget) -> str | None:
-    """None for the uniform ferromagnetic ``IsingTarget`` (K > 0), else why Wolff does not apply
-    (``physics.wolff.wolff_unsupported_reason``: also anisotropic and disordered couplings)."""
+    """None where Wolff applies (``physics.wolff.wolff_unsupported_reason``), else why not
+    (disordered bonds, frustrated antiferromagnets on odd L, other targets)."""
     return wolff_unsupported_reason(target)
 
 
@@ -76,7 +76,7 @@ def run_wolff(target: LatticeTarget, *, n_chains: int = 64, n_warmup: int = 100,
     prog = progress if progress is not None else NULL_PROGRESS
     t0 = time.perf_counter()
     prog.start("warm-up", n_warmup)
-    warm = wolff_chains(L, target.K, n_chains, 0, n_warmup, rng, init=init)
+    warm = wolff_target_chains(target, n_chains, 0, n_warmup, rng, init=init)
     prog.update(n_warmup)
     prog.finish(f"{warm.clusters_per_sweep} clusters per sweep")
     t1 = time.perf_counter()
@@ -91,7 +91,7 @@ def run_wolff(target: LatticeTarget, *, n_chains: int = 64, n_warmup: int = 100,
 
     def record(t: int, spins: np.ndarray) -> None:
         s = torch.from_numpy(spins).to(device=device, dtype=dtype)
-        for k, v in spin_moments(s).items():
+        for k, v in target.spin_observables(s).items():
             if k not in series:
                 series[k] = torch.empty((n_chains, n_samples), dtype=dtype, device=device)
             series[k][:, t] = v
@@ -103,7 +103,7 @@ def run_wolff(target: LatticeTarget, *, n_chains: int = 64, n_warmup: int = 100,
             raise _Stop
 
     try:
-        res = wolff_chains(L, target.K, n_chains, n_samples, 0, rng, record=record,
+        res = wolff_target_chains(target, n_chains, n_samples, 0, rng, record=record,
                            clusters_per_sweep=warm.clusters_per_sweep, init=warm.final_spins)
     except _Stop:  # the time budget: keep the sweeps done
         res = warm
