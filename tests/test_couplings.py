@@ -432,3 +432,37 @@ def test_exact_data_for_the_antiferromagnet_is_exact():
     exact = target.exact()["energy_per_site"]
     assert exact > 0  # antiferromagnetic order at K = −0.5: H/N = −Σ s s/N > 0
     assert abs(float(e.mean()) - exact) < N_SIGMA * float(e.std()) / math.sqrt(e.numel()) * 2
+
+
+@pytest.mark.parametrize("L, kx, ky", [(6, 0.6, 0.25), (8, 0.2, 0.5), (8, -0.4, 0.3), (7, 0.3, 0.5), (4, -0.5, -0.2)])
+def test_anisotropic_kaufman_matches_the_transfer_matrix(L, kx, ky):
+    from neuralrg.physics.exact import anisotropic_solution
+
+    a = anisotropic_solution(L, kx, ky)
+    tm = transfer_matrix_solution(np.ones((L, L)), np.full((L, L), ky / kx), beta=kx)
+    assert a["log_z"] == pytest.approx(tm["log_z"], abs=1e-11)
+    assert a["energy_per_site"] == pytest.approx(tm["energy_per_site"], abs=1e-10)
+    assert a["specific_heat_per_site"] == pytest.approx(tm["specific_heat_per_site"], abs=5e-8)
+
+
+def test_anisotropic_kaufman_beyond_the_transfer_matrix():
+    """L = 16, 32: Kx = Ky reproduces the analytic isotropic solution; an anisotropic target at L = 16
+    has exact ln Z_x, e and C (the HS identity on top), and odd L with an AFM direction has none."""
+    from neuralrg.physics.exact import anisotropic_solution
+
+    for L in (16, 32):
+        a, e = anisotropic_solution(L, K_C, K_C), exact_solution(L, K_C)
+        assert a["log_z"] == pytest.approx(e["log_z"], abs=1e-10)
+        assert a["energy_per_site"] == pytest.approx(e["energy_per_site"], abs=1e-10)
+        assert a["specific_heat_per_site"] == pytest.approx(e["specific_heat_per_site"], abs=1e-7)
+    t = IsingTarget(16, 0.6, K_y=0.3108324425992326)
+    ex = t.exact()
+    assert ex["log_z"] == pytest.approx(anisotropic_solution(16, 0.6, 0.3108324425992326)["log_z"])
+    assert t.log_z == pytest.approx(ex["continuous_log_z"]) and t.log_z_ising == pytest.approx(ex["log_z"])
+    # swapping the directions of a square torus leaves ln Z unchanged
+    assert anisotropic_solution(16, 0.3108324425992326, 0.6)["log_z"] == pytest.approx(ex["log_z"], abs=1e-10)
+    assert IsingTarget(13, 0.5, K_y=-0.3).exact() == {} and IsingTarget(13, 0.5, K_y=-0.3).log_z is None
+    with pytest.raises(ValueError, match="Ky must be a finite real number != 0"):
+        anisotropic_solution(8, 0.5, 0.0)
+    with pytest.raises(ValueError, match="Kx = -0.5 < 0 .* odd L = 7 is frustrated"):
+        anisotropic_solution(7, -0.5, 0.3)

@@ -77,6 +77,7 @@ class FlowModule(pl.LightningModule):
         if int(total_steps) < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.flow = flow
+        flow.target.log_z  # exact ln Z (cached by the target) now, not inside the first timed step: a TM takes seconds
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {"name": "constant"})
         self.total_steps = int(total_steps)
