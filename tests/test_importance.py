@@ -158,3 +158,23 @@ def test_degenerate_tails():
 def test_bad_input(fn, bad, match):
     with pytest.raises(ValueError, match=match):
         fn(bad)
+
+
+def test_plain_density_of_a_z2_target_is_flagged():
+    """``evaluate_flow`` / ``flow_summary``: the plain density of a flow on a Z2-symmetric target is
+    never marked reliable (it may miss the mirror mode); the symmetrised one is judged by k̂ alone."""
+    import torch
+
+    from neuralrg.flows import build_mera
+    from neuralrg.physics.ising import IsingTarget
+    from neuralrg.sampling.importance import MIRROR_NOTE, evaluate_flow, format_is_estimate
+
+    torch.manual_seed(0)
+    flow = build_mera(IsingTarget(4, 0.2), n_couplings=2, hidden=4).double().eval()
+    plain = evaluate_flow(flow, 512, generator=torch.Generator().manual_seed(1))
+    assert plain["is_reliable"] is False and MIRROR_NOTE in plain["is_note"]
+    assert "  UNRELIABLE: " in format_is_estimate(plain) and "ERROR BAR" not in format_is_estimate(plain)
+    flow.z2 = True
+    sym = evaluate_flow(flow, 512, generator=torch.Generator().manual_seed(1))
+    assert sym["is_note"] is None or MIRROR_NOTE not in sym["is_note"]
+    assert sym["is_reliable"] == (sym["is_khat"] <= 0.5)

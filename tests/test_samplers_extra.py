@@ -247,3 +247,21 @@ def test_latent_hmc_flow_mh_is_exact():
     torch.testing.assert_close(r.energy, f.target.energy(r.x))
     m = r.observables["m"]
     assert (m > 0.5).any() and (m < -0.5).any()  # Z2: both signs of m
+
+
+def test_short_warm_up_is_flagged():
+    """``summarize_run``: a run whose warm-up is shorter than WARMUP_TAUS τ_int is not
+    ``equilibrated`` (nor ``reliable``), whatever its windows say; the table marks it '~'."""
+    from neuralrg.sampling.chains import WARMUP_TAUS
+
+    target = IsingTarget(4, 0.3)
+    short = summarize_run(run_sampler("wolff", None, target, resolve_settings(
+        "wolff", {"n_chains": 16, "n_warmup": 1, "n_samples": 200}), torch.Generator().manual_seed(0)), target)
+    long = summarize_run(run_sampler("wolff", None, target, resolve_settings(
+        "wolff", {"n_chains": 16, "n_warmup": 40, "n_samples": 200}), torch.Generator().manual_seed(0)), target)
+    tau = max(long["tau_int"]["m2"]["trajectories"], long["tau_int"]["energy"]["trajectories"])
+    assert tau < 40 / WARMUP_TAUS  # Wolff at high T: τ_int ≈ ½
+    assert long["equilibrated"] and long["reliable"] and long["warmup_tau_ratio"] == pytest.approx(40 / max(tau, 0.5))
+    assert short["equilibrated"] is False and short["reliable"] is False
+    table = pipeline.format_table({"samplers": {"wolff": short}})
+    assert table.splitlines()[1].rstrip().endswith("~") and "raise n_warmup" in table

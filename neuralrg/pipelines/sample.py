@@ -34,8 +34,8 @@ import torch
 from ..checkpoint import load_flow, load_flow_at, resolve_checkpoint, target_summary
 from ..plotting import plot_configurations, plot_latent_levels, plot_traces, save_figure
 from ..physics.statistics import autocorrelation
-from ..sampling.chains import ChainRun, summarize_run
-from ..sampling.importance import draw_log_weights, format_is_estimate, variational_summary
+from ..sampling.chains import WARMUP_TAUS, ChainRun, summarize_run
+from ..sampling.importance import draw_log_weights, flow_summary, format_is_estimate
 from ..sampling.progress import Progress
 from ..sampling.registry import (available, check_common_keys, check_supported, get_sampler, resolve_settings,
                                  run_sampler, unsupported_reason)
@@ -196,7 +196,7 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
 
 
 TABLE_COLUMNS = ["sampler", "acceptance", "seconds_per_trajectory", "tau_int_m2", "tau_int_energy", "ess_per_second",
-                 "headline", "mean", "err", "deviation_sigma", "partial", "trajectories_kept"]
+                 "headline", "mean", "err", "deviation_sigma", "reliable", "partial", "trajectories_kept"]
 
 
 def comparison_rows(summary: dict[str, Any]) -> list[list[Any]]:
@@ -207,7 +207,7 @@ def comparison_rows(summary: dict[str, Any]) -> list[list[Any]]:
         e = r["observables"][head]
         rows.append([name, r["acceptance"], r["seconds_per_trajectory"], r["tau_int"]["m2"]["trajectories"],
                      r["tau_int"]["energy"]["trajectories"], r["ess_per_second"], head, e["mean"], e["err"],
-                     r["deviation_sigma"].get(head), r["partial"], r["trajectories_kept"]])
+                     r["deviation_sigma"].get(head), r.get("reliable"), r["partial"], r["trajectories_kept"]])
     return rows
 
 
@@ -219,7 +219,8 @@ def training_record(summary: dict[str, Any], out: Path) -> dict[str, Any]:
     for key in ("importance_sampling", "importance_sampling_z2"):
         if key in summary:
             rec[key] = {k: summary[key].get(k) for k in ("is_log_z_per_site", "is_log_z_per_site_err",
-                                                          "ess_fraction", "is_khat", "free_energy_per_site")}
+                                                          "ess_fraction", "is_khat", "is_reliable",
+                                                          "free_energy_per_site")}
     return rec
 
 
@@ -271,9 +272,9 @@ def applicable_samplers(samplers: list[str], target: Any) -> tuple[dict[str, str
 
 def importance_summary(flow: Any, n_samples: int, generator: torch.Generator, progress: Progress | None = None,
                        stage: str = "importance sampling") -> dict[str, float]:
-    """``variational_summary`` (F_q, IS ln Z, ESS) of ``n_samples`` fresh flow samples."""
+    """``flow_summary`` (F_q, IS ln Z, ESS, k̂) of ``n_samples`` fresh flow samples."""
     lq, lp = draw_log_weights(flow, n_samples, generator=generator, progress=progress, stage=stage)
-    return variational_summary(lq, lp, flow.n_sites, flow.target.log_z)
+    return flow_summary(flow, lq, lp)
 
 
 def write_figures(out: Path, flow: Any, runs: dict[str, ChainRun]) -> None:
@@ -309,11 +310,14 @@ def format_table(summary: dict[str, Any]) -> str:
                     f"{flag(tm) + format(tm['trajectories'], '.1f'):>9} {flag(te) + format(te['trajectories'], '.1f'):>8} "
                     f"{r['ess_per_second']:9.2f} {e['mean']:>11.5f} ± {e['err']:.5f} "
                     f"{r['deviation_sigma'].get(head, float('nan')):6.2f}{'' if te['converged'] else '*'}"
+                    f"{'' if r.get('equilibrated', True) else '~'}"
                     f"{'†' if name == 'flow_metropolis' and heavy_tails is not None else ''}"
                     f"{' [partial]' if r.get('partial') else ''}")
     rows.append(("" if exact_e is None else f"exact {head.replace('_', ' ')}: {exact_e:.6f}   ")
                 + "('>': τ_int window not converged, lower bound;\n"
-                "'*': so the error bar is too small and the deviation in σ overstated — run longer chains)")
+                "'*': so the error bar is too small and the deviation in σ overstated — run longer chains;\n"
+                f"'~': warm-up shorter than {WARMUP_TAUS:.0f} τ_int: the chains may still carry their start's bias "
+                "— raise n_warmup)")
     for name, r in summary["samplers"].items():
         if r.get("partial"):
             rows.append(f"[partial] {name}: stopped at its share of max_time = {summary.get('max_time_s', float('nan')):.0f} s "

@@ -109,10 +109,20 @@ def physical_outputs(flow: Any | None, target: LatticeTarget, x: torch.Tensor
         return z, log_q, energy
 
 
+WARMUP_TAUS = 20.0
+"""Warm-up (discarded) steps per τ_int below which a run's estimates are flagged: chains started
+away from equilibrium (e.g. from flow samples, biased towards q) keep a common bias that no
+error bar sees; Sokal's rule of thumb is ≥ 20 τ (measured: docs/benchmarks.md, coverage)."""
+
+
 def summarize_run(run: ChainRun, target: LatticeTarget, c: float = 6.0) -> dict[str, Any]:
     """Observables ± errors (τ_int-aware, ``target.summarize``), τ_int of m2 and energy in
     trajectories and seconds, ESS/s of m2, and deviations from ``target.exact()`` in σ. A
-    ``partial`` run (time budget) is summarised from the T steps it kept (``trajectories_kept``)."""
+    ``partial`` run (time budget) is summarised from the T steps it kept (``trajectories_kept``).
+
+    ``warmup_tau_ratio`` = n_warmup / max τ_int(m2, E); ``equilibrated`` is False when it is below
+    ``WARMUP_TAUS``; ``reliable`` needs both windows converged and ``equilibrated``: only then do
+    the error bars mean what they say."""
     obs = {k: v.detach().to("cpu", torch.float64) for k, v in run.observables.items()}
     summary = target.summarize(obs, c=c)
     exact = target.exact()
@@ -143,6 +153,11 @@ def summarize_run(run: ChainRun, target: LatticeTarget, c: float = 6.0) -> dict[
         "trajectories_requested": int(run.settings.get("n_samples", T)),
         "exact": {k: exact[k] for k in common},
     }
+    n_warmup = run.settings.get("n_warmup")
+    tau_max = max(taus["m2"]["trajectories"], taus["energy"]["trajectories"], 0.5)
+    out["warmup_tau_ratio"] = None if n_warmup is None else float(n_warmup) / tau_max
+    out["equilibrated"] = n_warmup is None or float(n_warmup) >= WARMUP_TAUS * tau_max
+    out["reliable"] = bool(out["equilibrated"] and taus["m2"]["converged"] and taus["energy"]["converged"])
     out["deviation_sigma"] = {k: (summary[k]["mean"] - exact[k]) / summary[k]["err"]
                               for k in common if summary[k].get("err", 0) > 0}
     return out
