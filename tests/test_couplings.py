@@ -345,7 +345,15 @@ def test_wolff_is_exact_for_unfrustrated_couplings(target):
                                                                         "n_samples": 300}), gen(4))
     summ = summarize_run(run, target)
     ex = {**target.exact(), "m2": transfer_matrix_solution(*target.couplings())["m2"]}
-    for key in ("energy_per_site", "m2", "specific_heat_per_site"):
+    keys = ["energy_per_site", "m2", "specific_heat_per_site"]
+    if target.order_gauge is not None:  # the AFM's order parameter: ⟨m_s²⟩ from the gauged ferromagnet
+        kx, ky = target.couplings()
+        assert ex["ms2"] == pytest.approx(transfer_matrix_solution(np.abs(kx), np.abs(ky))["m2"])
+        assert ex["ms2"] > 2 * ex["m2"]
+        keys.append("ms2")
+        ms2_x = target.observables(run.x.to(F64))["ms2"]  # improved estimator on exact HS samples
+        assert abs(float(ms2_x.mean()) - ex["ms2"]) < N_SIGMA * 3 * float(ms2_x.std()) / math.sqrt(ms2_x.numel())
+    for key in keys:
         within(summ, key, ex[key])
     # kept x are exact HS samples of the (gauged) spins: the continuous energy estimator agrees too
     e = target.observables(run.x.to(F64))["energy"]

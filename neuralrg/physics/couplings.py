@@ -107,6 +107,14 @@ def disorder_pattern(L: int, disorder: object, seed: object) -> tuple[np.ndarray
     return random_bonds(L, int(seed), str(disorder), 1.0)
 
 
+def sublattice_gauge(L: int, x_negative: bool, y_negative: bool) -> np.ndarray:
+    """g (L, L) int8, g_ij = (−1)^{[x_negative]·j + [y_negative]·i}: s = g·σ maps the ferromagnet σ
+    onto couplings whose horizontal (x) / vertical (y) directions are antiferromagnetic; exact on
+    the torus for even L only (the caller checks)."""
+    i, j = np.indices((L, L))
+    return np.where((int(x_negative) * j + int(y_negative) * i) % 2 == 0, 1, -1).astype(np.int8)
+
+
 def dense_coupling_matrix(Kx: np.ndarray, Ky: np.ndarray) -> np.ndarray:
     """The N×N coupling matrix (float64, row-major sites n = i·L + j) with K_b on both directed
     entries of every bond b (entries add up for L = 2's double bonds): ½ sᵀKmat s = Σ_b K_b s s."""

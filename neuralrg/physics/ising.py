@@ -149,6 +149,24 @@ class IsingTarget(LatticeTarget):
         """(Kx, Ky) = K·(Jx, Jy), float64 (L, L): Kx[i, j] couples (i, j)–(i, j+1), Ky[i, j] (i, j)–(i+1, j)."""
         return self.K * self.Jx, self.K * self.Jy
 
+    @property
+    def order_gauge(self) -> np.ndarray | None:
+        """For an unfrustrated antiferromagnet (translation-invariant, a negative direction, even L)
+        the sublattice gauge g (L, L) ±1 (``couplings.sublattice_gauge``) whose staggered
+        magnetisation m_s = Σ g s/N is the order parameter; None otherwise (m is)."""
+        if not self.translation_invariant or self.L % 2:
+            return None
+        kx, ky = self.K, self.K if self.K_y is None else self.K_y
+        if kx > 0 and ky > 0:
+            return None
+        from .couplings import sublattice_gauge
+
+        return sublattice_gauge(self.L, kx < 0, ky < 0)
+
+    def _gauge_tensor(self, x: torch.Tensor) -> torch.Tensor | None:
+        g = self.order_gauge
+        return None if g is None else torch.from_numpy(g).to(device=x.device, dtype=x.dtype)
+
     def spec_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"L": self.L, "K": self.K, "shift": self.shift}
         if self.disorder is not None:
@@ -233,6 +251,10 @@ class IsingTarget(LatticeTarget):
         J = self._bond_tensors(x)
         mom = conditional_moments(x) if J is None else conditional_moments(x, *J)
         mom["abs_m"] = spin_moments(sample_spins(x, generator=generator))["abs_m"]
+        g = self._gauge_tensor(x)
+        if g is not None:  # staggered moments: g·s | x has means tanh(g x), i.e. m-moments at g·x
+            stag = conditional_moments(g * x)
+            mom["ms2"], mom["ms4"] = stag["m2"], stag["m4"]
         if self.is_glass and x.shape[0] % 2 == 0:
             mom.update(pair_overlap_moments(x))
         return mom
@@ -244,7 +266,12 @@ class IsingTarget(LatticeTarget):
         from .observables import spin_moments
 
         J = self._bond_tensors(s)
-        return spin_moments(s) if J is None else spin_moments(s, *J)
+        out = spin_moments(s) if J is None else spin_moments(s, *J)
+        g = self._gauge_tensor(s)
+        if g is not None:
+            ms2 = (g * s).mean(dim=(-2, -1)) ** 2
+            out["ms2"], out["ms4"] = ms2, ms2 * ms2
+        return out
 
     def summarize(self, series: dict[str, torch.Tensor], c: float = 6.0) -> dict[str, dict[str, Any]]:
         """``observables.summarize_observables``: e, ⟨m²⟩, ⟨|m|⟩, χ, C, Binder with error bars; with
@@ -252,10 +279,16 @@ class IsingTarget(LatticeTarget):
         ratio g = ½(3 − ⟨q⁴⟩/⟨q²⟩²) (``observables.summarize_overlap``)."""
         from .observables import summarize_observables, summarize_overlap
 
+        from .statistics import integrated_autocorr_time
+
         series = dict(series)
         abs_m = series.pop("abs_m", None)
         moments = {k: series[k] for k in ("energy", "energy2", "m2", "m4")}
         out = summarize_observables(moments, self.K, self.n_sites, abs_m=abs_m, c=c)
+        if "ms2" in series:  # the antiferromagnet's order parameter, ⟨m_s²⟩
+            r = integrated_autocorr_time(series["ms2"], c)
+            out["ms2"] = {"mean": r["mean"], "err": r["err"], "tau_int": r["tau"], "window": r["window"],
+                          "converged": r["converged"]}
         if "q2" in series and "q4" in series:
             out.update(summarize_overlap(series["q2"], series["q4"], self.n_sites, c=c))
         return out
@@ -297,7 +330,19 @@ class IsingTarget(LatticeTarget):
         (``exact.anisotropic_solution``: ln Z, e, C, ln Z_x); otherwise, for L ≤ 12, the row transfer matrix at
         β = K with the pattern J (same e = ⟨H⟩/N, C/N = K² Var H/N) plus m2, m4, binder,
         susceptibility_per_site = K N ⟨m²⟩ and ``continuous_log_z`` from the HS identity (glass
-        with L ≤ 4: also q2 and chi_sg by enumeration); {} beyond L = 12."""
+        with L ≤ 4: also q2 and chi_sg by enumeration); {} beyond L = 12. Unfrustrated
+        antiferromagnets (``order_gauge``) with L ≤ 12 add ms2 = ⟨m_s²⟩, the staggered order parameter."""
+        out = self._exact_base()
+        if self.order_gauge is not None and self.L <= EXACT_TM_MAX_L and out:
+            key = ("staggered", abs(self.K), np.abs(self.Jx).tobytes(), np.abs(self.Jy).tobytes())
+            if key not in _TM_CACHE:
+                from .transfer_matrix import transfer_matrix_solution
+
+                _TM_CACHE[key] = transfer_matrix_solution(np.abs(self.Jx), np.abs(self.Jy), beta=abs(self.K))
+            out["ms2"] = _TM_CACHE[key]["m2"]  # ⟨m_s²⟩ of the AFM = ⟨m²⟩ of the gauged ferromagnet
+        return out
+
+    def _exact_base(self) -> dict[str, float]:
         if self._kaufman:
             from .exact import exact_solution
 

@@ -61,9 +61,9 @@ def wolff_couplings(target: object) -> tuple[float, float, np.ndarray]:
     if (kx < 0 or ky < 0) and L % 2:
         raise ValueError(f"an antiferromagnetic coupling (K = {kx}, K_y = {ky}) on the odd L = {L} torus is "
                          f"frustrated: Wolff cluster updates do not apply (use physical_hmc or parallel_tempering)")
-    i, j = np.indices((L, L))
-    gauge = np.where(((kx < 0) * j + (ky < 0) * i) % 2 == 0, 1, -1).astype(np.int8)
-    return abs(kx), abs(ky), gauge
+    from .couplings import sublattice_gauge
+
+    return abs(kx), abs(ky), sublattice_gauge(L, kx < 0, ky < 0)
 
 
 def wolff_unsupported_reason(target: object) -> str | None:

@@ -104,7 +104,7 @@ MIRROR_NOTE = ("plain density of a Z2-symmetric target: a reverse-KL flow may co
 def flow_summary(flow: Any, log_q: torch.Tensor, log_p: torch.Tensor) -> dict[str, Any]:
     """``variational_summary`` of samples of ``flow``; for a flow that is not Z2-symmetrised on a
     Z2-symmetric target the IS estimate is marked unreliable (``MIRROR_NOTE``; measured in
-    docs/benchmarks.md, coverage: 0 of 4 such estimates with k̂ ≤ ½ covered the exact value)."""
+    docs/benchmarks.md, coverage: 0 of 3 such estimates with k̂ ≤ ½ covered the exact value at 2σ)."""
     out = variational_summary(log_q, log_p, flow.n_sites, flow.target.log_z)
     if "is_khat" in out and flow.target.z2_symmetric and not flow.z2:
         out["is_reliable"] = False
