@@ -1,0 +1,163 @@
+"""Critical slowing down at K_c, measured: τ_int against L per sampler, the dynamic exponent z (issue 18).
+
+    python train.py experiment=ising_ladder ladder.rungs=[8,16,32] ladder.budget=[3m,5m,8m] hydra.run.dir=runs/ladder_z
+    python benchmarks/critical_slowing.py runs/ladder_z [--at 64] [--samplers latent_hmc physical_hmc wolff]
+
+For every rung of a ladder run (``<dir>/L<L>/``; or give run directories with --runs) it samples
+the rung's flow with each sampler through ``run_sampling`` (same chains, warm-up, leapfrog count and
+target acceptance for the HMC samplers; physical HMC and Wolff get ``--cheap-factor`` times more
+trajectories because they cost less each) and records τ_int(m²) and τ_int(E) in trajectories (with
+Sokal's window flag), their error (Madras–Sokal: σ_τ ≈ τ·sqrt(2(2W+1)/(C·T))), the seconds per
+trajectory per site, and ESS/s. With ``--at 64`` the largest rung's level-shared flow is also run
+at L = 64 with the same parameters (zero-shot; its gap is reported, not its training).
+
+Fits τ ∝ L^z per sampler and observable by weighted least squares in log–log (z ± its standard
+error; windows that did not converge make τ a lower bound and are marked) and extrapolates the
+ESS/s ratio latent/physical HMC to the L where it crosses 1 (if the fitted laws cross). Prints a
+table and writes benchmarks/results/critical_slowing<tag>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuralrg.pipelines.sample import run_sampling
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def tau_error(tau: float, window: int, n: int) -> float:
+    """Madras–Sokal standard error of τ_int with window W from n = C·T samples."""
+    return tau * math.sqrt(2.0 * (2 * window + 1) / max(n, 1))
+
+
+def fit_power(Ls: list[int], taus: list[float], errs: list[float]) -> dict:
+    """τ = a L^z by weighted least squares of ln τ on ln L (weights 1/σ_lnτ²): z, its error."""
+    if len(Ls) < 2:
+        return {"z": None, "z_err": None}
+    x, y = np.log(Ls), np.log(taus)
+    s = np.maximum(np.array(errs) / np.array(taus), 1e-3)
+    w = 1.0 / s**2
+    A = np.stack([np.ones_like(x), x], axis=1)
+    cov = np.linalg.inv(A.T @ (A * w[:, None]))
+    coef = cov @ (A.T @ (w * y))
+    resid = y - A @ coef
+    chi2 = float(np.sum(w * resid**2))
+    dof = len(Ls) - 2
+    scale = max(1.0, chi2 / dof) if dof > 0 else 1.0  # inflate by the fit's own scatter
+    return {"z": float(coef[1]), "z_err": float(math.sqrt(cov[1, 1] * scale)), "log_a": float(coef[0]),
+            "chi2_per_dof": chi2 / dof if dof > 0 else None}
+
+
+def rung_dirs(args) -> dict[int, Path]:
+    if args.runs:
+        out = {}
+        for r in args.runs:
+            cfg = Path(r) / "config.yaml"
+            m = re.search(r"\n  L: (\d+)", "\n" + cfg.read_text()) if cfg.is_file() else None
+            if m is None:
+                raise SystemExit(f"cannot read target.L from {cfg}")
+            out[int(m.group(1))] = Path(r)
+        return dict(sorted(out.items()))
+    d = Path(args.ladder)
+    return dict(sorted((int(p.name[1:]), p) for p in d.glob("L*") if p.name[1:].isdigit()
+                       and (p / "checkpoints" / "last.ckpt").is_file()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("ladder", nargs="?", help="a ladder run directory (its L<L>/ rungs)")
+    ap.add_argument("--runs", nargs="+", help="training run directories instead of a ladder")
+    ap.add_argument("--samplers", nargs="+", default=["latent_hmc", "physical_hmc", "wolff"])
+    ap.add_argument("--chains", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--leapfrog", type=int, default=10)
+    ap.add_argument("--cheap-factor", type=int, default=4, help="trajectory multiplier for physical HMC and Wolff")
+    ap.add_argument("--at", type=int, nargs="*", default=[], help="also run the largest rung's flow at these L")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    if not args.ladder and not args.runs:
+        ap.error("give a ladder run directory or --runs")
+    torch.set_num_threads(args.threads)
+    rungs = rung_dirs(args)
+    if not rungs:
+        raise SystemExit("no trained rungs found")
+    jobs = [(L, d, None) for L, d in rungs.items()] + [(L, rungs[max(rungs)], L) for L in args.at]
+    base = dict(n_chains=args.chains, n_warmup=args.warmup, n_samples=args.samples, n_leapfrog=args.leapfrog,
+                step_size=0.1, target_accept=0.8)
+    cheap = {"n_samples": args.samples * args.cheap_factor}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (L, run, at_L) in enumerate(jobs):
+            s = run_sampling(run=str(run), samplers=list(args.samplers), settings=base, at_L=at_L,
+                             out_dir=str(Path(tmp) / f"s{i}"), importance_samples=4096, figures=False, seed=i,
+                             per_sampler={k: cheap for k in ("physical_hmc", "wolff") if k in args.samplers})
+            imp = s.get("importance_sampling_z2") or s.get("importance_sampling") or {}
+            for name, r in s["samplers"].items():
+                n = r["settings"]["n_chains"] * r["trajectories_kept"]
+                row = {"L": L, "zero_shot": at_L is not None, "sampler": name, "acceptance": r["acceptance"],
+                       "seconds_per_trajectory": r["seconds_per_trajectory"],
+                       "us_per_trajectory_site": 1e6 * r["seconds_per_trajectory"] / (r["settings"]["n_chains"] * L * L),
+                       "ess_per_second": r["ess_per_second"], "gap_per_site": imp.get("gap_per_site"),
+                       "dev_sigma_energy": r["deviation_sigma"].get("energy_per_site")}
+                for obs in ("m2", "energy"):
+                    t = r["tau_int"][obs]
+                    row[f"tau_{obs}"] = t["trajectories"]
+                    row[f"tau_{obs}_err"] = tau_error(t["trajectories"], t["window"], n)
+                    row[f"tau_{obs}_converged"] = t["converged"]
+                rows.append(row)
+            print(f"L={L}{' (zero-shot)' if at_L else ''} done", flush=True)
+    fits = {}
+    for name in args.samplers:
+        for obs in ("m2", "energy"):
+            rs = [r for r in rows if r["sampler"] == name and not r["zero_shot"]]
+            if len(rs) >= 2:
+                fits[f"{name}/{obs}"] = {**fit_power([r["L"] for r in rs], [r[f"tau_{obs}"] for r in rs],
+                                                     [r[f"tau_{obs}_err"] for r in rs]),
+                                         "all_converged": all(r[f"tau_{obs}_converged"] for r in rs)}
+    # ESS/s ratio latent/physical against L: a power law fitted to the ratio, extrapolated to 1
+    crossing = None
+    lat = {r["L"]: r for r in rows if r["sampler"] == "latent_hmc" and not r["zero_shot"]}
+    phy = {r["L"]: r for r in rows if r["sampler"] == "physical_hmc" and not r["zero_shot"]}
+    common = sorted(set(lat) & set(phy))
+    if len(common) >= 2:
+        ratio = [lat[L]["ess_per_second"] / phy[L]["ess_per_second"] for L in common]
+        slope, icpt = np.polyfit(np.log(common), np.log(ratio), 1)
+        crossing = {"ratios": dict(zip(common, ratio)), "slope": float(slope),
+                    "L_cross": float(math.exp(-icpt / slope)) if slope > 0 and ratio[-1] < 1 else None}
+    print(f"\n{'L':>4} {'sampler':<14} {'acc':>5} {'τ(m²)':>14} {'τ(E)':>14} {'µs/(traj·site)':>15} {'ESS/s':>8} {'gap/N':>8}")
+    for r in rows:
+        f = lambda o: f"{r[f'tau_{o}']:.1f}±{r[f'tau_{o}_err']:.1f}{'' if r[f'tau_{o}_converged'] else '>'}"  # noqa: E731
+        gap = "" if r["gap_per_site"] is None else f"{r['gap_per_site']:.4f}"
+        print(f"{r['L']:>4}{'*' if r['zero_shot'] else ' '}{r['sampler']:<14} {r['acceptance']:5.2f} {f('m2'):>14} "
+              f"{f('energy'):>14} {r['us_per_trajectory_site']:15.2f} {r['ess_per_second']:8.2f} {gap:>8}")
+    print("('>': τ window not converged, a lower bound; '*': zero-shot, the largest rung's flow at this L)")
+    print("\ndynamic exponents τ ∝ L^z:")
+    for k, f in fits.items():
+        print(f"  {k:<22} z = {f['z']:.2f} ± {f['z_err']:.2f}{'' if f['all_converged'] else '  (some windows unconverged: lower bounds)'}")
+    if crossing:
+        ratios = ", ".join(f"L={L}: {v:.3g}" for L, v in crossing["ratios"].items())
+        cross = "n/a" if crossing["L_cross"] is None else f"{crossing['L_cross']:.0f}"
+        print(f"ESS/s latent/physical: {ratios}; slope in ln L {crossing['slope']:.2f}; crosses 1 at L ≈ {cross}")
+    out = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+           "load_average_at_end": os.getloadavg(), "settings": vars(args), "rows": rows, "fits": fits,
+           "ess_ratio": crossing}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"critical_slowing{args.tag}.json"
+    path.write_text(json.dumps(out, indent=1, default=str))
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
