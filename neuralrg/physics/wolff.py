@@ -251,19 +251,14 @@ def wolff_target_chains(target: "IsingTarget", n_chains: int, n_sweeps: int, n_w
     """``wolff_chains`` for ``target``'s own couplings (``wolff_couplings``: anisotropic, and
     antiferromagnetic on even L through the gauge). ``init``, ``record``'s states and the
     result's spins are the target's spins s = g·σ. ValueError where Wolff does not apply."""
-    kx, ky, g = wolff_couplings(target)
-    flip = not np.all(g == 1)
-    ferro_init = None if init is None else np.asarray(init) * g if flip else init
-    ferro_record = record
-    if record is not None and flip:
-        def ferro_record(t: int, sigma: np.ndarray) -> None:
-            record(t, sigma * g)
-    res = wolff_chains(target.L, kx, n_chains, n_sweeps, n_warmup, seed, record=ferro_record,
-                       clusters_per_sweep=clusters_per_sweep, init=ferro_init, K_y=ky)
-    if flip:
-        res.final_spins = res.final_spins * g
-        if res.spins is not None:
-            res.spins = res.spins * g
+    kx, ky, g = wolff_couplings(target)  # g = 1 for the ferromagnet: the maps below are identities
+    gauged = None if record is None else (lambda t, sigma: record(t, sigma * g))
+    res = wolff_chains(target.L, kx, n_chains, n_sweeps, n_warmup, seed, record=gauged,
+                       clusters_per_sweep=clusters_per_sweep, init=None if init is None else np.asarray(init) * g,
+                       K_y=ky)
+    res.final_spins = res.final_spins * g
+    if res.spins is not None:
+        res.spins = res.spins * g
     return res
 
 
