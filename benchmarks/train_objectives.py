@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).parent))
 from train_quality import RESULTS, compose_cfg  # noqa: E402
 
+from neuralrg.analysis.quick import format_rg, rg_figures_on_flow_samples  # noqa: E402
 from neuralrg.pipelines.train import build_module  # noqa: E402
 from neuralrg.sampling.importance import evaluate_flow  # noqa: E402
 from neuralrg.training.data import StepIndices  # noqa: E402
@@ -144,7 +145,8 @@ def run_one(name: str, L: int, seconds: float, overrides: list[str], data_fracti
            "gap_per_site_err": plain["free_energy_per_site_err"],
            "z2_gap_per_site": sym["gap_per_site"], "z2_gap_per_site_err": sym["free_energy_per_site_err"],
            "z2_ess_fraction": sym["ess_fraction"], "z2_metropolis_acceptance": sym["metropolis_acceptance"],
-           "z2_relative_error": sym["relative_error"], "loss": OmegaConf.to_container(cfg.loss, resolve=True)}
+           "z2_relative_error": sym["relative_error"], "loss": OmegaConf.to_container(cfg.loss, resolve=True),
+           "rg": rg_figures_on_flow_samples(flow)}
     if module.chains is not None and module.chains.initialized:
         rec["chain_mh_acceptance"] = module.chains.mh_acceptance
         rec["chain_step_size"] = module.chains.step_size
@@ -171,12 +173,12 @@ def main() -> None:
     print(f"\nL = {args.L}, K_c, {args.seconds:.0f} s per objective (data generation included); "
           f"Z2-symmetrised density, {args.eval_samples} samples")
     print(f"{'objective':>11} {'steps':>6} {'wall s':>7} {'data s':>7} {'Z2 gap/N':>9} {'± err':>8} "
-          f"{'gap/N':>8} {'ESS/M':>7} {'flow-MH':>8} {'chain MH':>9}")
+          f"{'gap/N':>8} {'ESS/M':>7} {'flow-MH':>8} {'chain MH':>9}  RG organisation (flow samples)")
     for r in records:
         print(f"{r['objective']:>11} {r['steps']:6d} {r['wall_s']:7.1f} {r['data_generation_s']:7.1f} "
               f"{r['z2_gap_per_site']:9.5f} {r['z2_gap_per_site_err']:8.5f} {r['gap_per_site']:8.5f} "
               f"{r['z2_ess_fraction']:7.3f} {r['z2_metropolis_acceptance']:8.3f} "
-              f"{r.get('chain_mh_acceptance', float('nan')):9.3f}")
+              f"{r.get('chain_mh_acceptance', float('nan')):9.3f}  {format_rg(r['rg'])}")
     out = RESULTS / f"train_objectives_L{args.L}{args.tag}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"L": args.L, "seconds": args.seconds, "overrides": args.overrides,

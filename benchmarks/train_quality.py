@@ -9,7 +9,8 @@ The config is ``conf/train.yaml`` with ``experiment=ising{L}_critical`` plus the
 number of optimizer steps is chosen from a short timing probe so that the learning-rate schedule
 spans the whole budget; at each mark (training time, evaluations excluded) the flow is evaluated
 on ``--eval-samples`` fresh samples: gap per site (F_q/N + ln Z_x/N), relative error against the
-continuous ln Z_x/N, and the same for the Z2-symmetrised density. Prints a table and writes
+continuous ln Z_x/N, and the same for the Z2-symmetrised density; at the last mark also the
+RG-organisation figures (R²(m | top 1, 2 levels) on flow samples, response-radius growth). Prints a table and writes
 benchmarks/results/train_quality_L{L}.json; the run directory (with checkpoints) is kept.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from neuralrg.analysis.quick import format_rg, rg_figures_on_flow_samples
 from neuralrg.sampling.importance import evaluate_flow
 from neuralrg.training.data import StepIndices
 from neuralrg.pipelines.train import build_module
@@ -73,10 +75,14 @@ class WallClockMarks(pl.Callback):
         rec["z2_gap_per_site"] = sym["gap_per_site"]
         rec["z2_relative_error"] = sym["relative_error"]
         rec["z2_ess_fraction"] = sym["ess_fraction"]
+        rg = ""
+        if not self.marks:  # the last mark: the RG-organisation figures beside gap and ESS (issue 19)
+            rec["rg"] = rg_figures_on_flow_samples(flow)
+            rg = "  " + format_rg(rec["rg"])
         self.records.append(rec)
         print(f"  {rec['minutes']:5.1f} min  step {rec['step']:6d}  gap/N {rec['gap_per_site']:.5f} "
               f"± {rec['free_energy_per_site_err']:.5f}  rel {rec['relative_error']:.2e}  "
-              f"Z2 gap/N {rec['z2_gap_per_site']:.5f}  ESS {rec['ess_fraction']:.3f}", flush=True)
+              f"Z2 gap/N {rec['z2_gap_per_site']:.5f}  ESS {rec['ess_fraction']:.3f}{rg}", flush=True)
         self.eval_time += time.perf_counter() - t
         if not self.marks:
             trainer.should_stop = True
@@ -213,7 +219,8 @@ def main() -> None:
         print(f"\n{'min':>5} {'step':>6} {'gap/N':>9} {'± err':>8} {'rel.err':>9} {'Z2 gap/N':>9} {'ESS/M':>7}")
         for r in res["records"]:
             print(f"{r['minutes']:5.1f} {r['step']:6d} {r['gap_per_site']:9.5f} {r['free_energy_per_site_err']:8.5f} "
-                  f"{r['relative_error']:9.2e} {r['z2_gap_per_site']:9.5f} {r['ess_fraction']:7.3f}")
+                  f"{r['relative_error']:9.2e} {r['z2_gap_per_site']:9.5f} {r['ess_fraction']:7.3f}"
+                  + (f"  {format_rg(r['rg'])}" if "rg" in r else ""))
         out = RESULTS / f"train_quality_L{args.L}{args.tag}.json"
     res["machine"] = machine
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -247,3 +247,21 @@ def test_analysis_pipeline_reports_the_rg_organisation(tmp_path):
     assert "RG organisation" in format_report(result) and "S(k) explained" in format_report(result)
     names = write_figures(tmp_path, result, arrays["haar"])
     assert "rg_levels.png" in names and (tmp_path / "rg_levels.png").stat().st_size > 1000
+
+
+def test_quick_rg_figures_for_benchmark_tables():
+    """The benchmark-table figures: an untrained Haar flow carries m in its top latent and its radii
+    double per level; the untrained plain MERA (the identity on y) carries neither."""
+    from neuralrg.analysis.quick import format_rg, rg_figures_on_flow_samples
+
+    torch.manual_seed(0)
+    t = IsingTarget(8, K_C)
+    haar = rg_figures_on_flow_samples(build_mera(t, precondition=True, skeleton="haar", n_couplings=2, hidden=8),
+                                      n_samples=512)
+    assert haar["r2_m_top1"] > 0.8 and 1.7 <= haar["radius_growth"] <= 2.5 and haar["radius_space"] == "y"
+    plain = rg_figures_on_flow_samples(build_mera(t, precondition=True, skeleton="none", n_couplings=2, hidden=8),
+                                       n_samples=512)
+    assert plain["r2_m_top1"] < 0.2 and plain["r2_m_top2"] < 0.2
+    assert "R²(m|top1,2)" in format_rg(haar) and "n/a" in format_rg({"r2_m_top1": None})
+    with pytest.raises(ValueError, match="n_samples"):
+        rg_figures_on_flow_samples(build_mera(t, n_couplings=1, hidden=4), n_samples=4)

@@ -10,6 +10,7 @@ those are the default block's (``PlaquetteBijector``) arguments and still load.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from numbers import Integral
 from typing import Any, Callable, Sequence
@@ -25,11 +26,14 @@ from .flat import flat_layers
 from .hierarchy import latent_levels, mera_layers
 from .model import NeuralRGFlow
 from .precondition import GaussianPreconditioner
+from .spline import check_spline_args
 from .wavelet import check_skeleton
 
 #: the default plaquette block, and the arguments older configs held at top level
 DEFAULT_BLOCK = "neuralrg.flows.coupling:PlaquetteBijector"
 BLOCK_KEYS = ("n_couplings", "hidden", "n_hidden_layers", "scale_bound", "activation")
+#: arguments only some block classes take (the spline block's), stored only when given
+EXTRA_BLOCK_KEYS = ("n_bins", "tail_bound")
 
 
 def _positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -58,7 +62,8 @@ def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
 
     ``block``: None (the default ``PlaquetteBijector``), a spec dict, a class or dotted path, or a
     ``functools.partial`` of a class (hydra ``_partial_``); ``kwargs`` (n_couplings, hidden,
-    n_hidden_layers, scale_bound, activation) override the spec's arguments. ``hidden`` is stored
+    n_hidden_layers, scale_bound, activation) override the spec's arguments. The spline block's
+    n_bins / tail_bound are kept only when given, and refused by a class that does not take them. ``hidden`` is stored
     as a list of widths (an int is repeated ``n_hidden_layers`` times).
     """
     if block is None:
@@ -83,9 +88,14 @@ def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ValueError(f"block class {path!r} is not a torch module")
     args.update({k: v for k, v in kwargs.items() if v is not None})
-    unknown = sorted(set(args) - set(BLOCK_KEYS))
+    unknown = sorted(set(args) - set(BLOCK_KEYS) - set(EXTRA_BLOCK_KEYS))
     if unknown:
-        raise ValueError(f"block arguments {unknown} are not known; allowed: {list(BLOCK_KEYS)}")
+        raise ValueError(f"block arguments {unknown} are not known; allowed: {list(BLOCK_KEYS + EXTRA_BLOCK_KEYS)}")
+    extra = {k: args[k] for k in EXTRA_BLOCK_KEYS if k in args}
+    accepted = inspect.signature(cls).parameters
+    refused = sorted(k for k in extra if k not in accepted)
+    if refused:
+        raise ValueError(f"block class {path!r} takes no argument {refused}")
     n_layers = args.pop("n_hidden_layers", 2)
     out = {"n_couplings": _positive_int(args.get("n_couplings", 8), "n_couplings"),
            "hidden": _hidden_widths(args.get("hidden", 32), n_layers),
@@ -95,6 +105,8 @@ def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
     if isinstance(sb, bool) or not isinstance(sb, (int, float)) or not 0 < float(sb) < 20:
         raise ValueError(f"scale_bound must be a number in (0, 20), got {sb!r}")
     out["scale_bound"] = float(sb)
+    if extra:
+        out["n_bins"], out["tail_bound"] = check_spline_args(extra.get("n_bins", 8), extra.get("tail_bound", 5.0))
     return {"class": path, "kwargs": out}
 
 
