@@ -1,6 +1,6 @@
 """Why the latent HMC step size is small: energy error against ε and local curvature of U(z).
 
-    python benchmarks/latent_curvature.py RUN [RUN ...] [--chains 256] [--threads 2]
+    python benchmarks/latent_curvature.py RUN [RUN ...] [--chains 256] [--threads 2] [--tag _X]
 
 For each trained flow: exact draws x ~ p from physical HMC (64 chains, 300 + 600 trajectories,
 thinned), mapped to latents z = g⁻¹(x) (exact draws of the latent target when the Z2-symmetrised
@@ -10,7 +10,7 @@ the Hessian eigenvalue of largest magnitude of U(z) = E(g(z)) − ln|det ∂g/�
 power iteration on Hessian-vector products, with the share of its eigenvector on each RG level
 and its participation ratio (1 = one latent site). Also E[(∂U/∂z_i)²] per level, which equals
 the mean curvature E[∂²U/∂z_i²] under the target. Prints a table per run and writes
-benchmarks/results/latent_curvature.json.
+benchmarks/results/latent_curvature{tag}.json.
 """
 from __future__ import annotations
 
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=256, help="latent points (exact draws) to integrate from")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
@@ -103,8 +104,9 @@ def main() -> None:
         r = analyse(run, args.chains, gen)
         results.append(r)
         cfg = r["model"]
-        print(f"\n{Path(run).name}: activation={cfg.get('activation', 'leaky_relu')} "
-              f"precondition={cfg.get('precondition', False)}")
+        block = (cfg.get("block") or {}).get("kwargs") or cfg  # older configs: block arguments at top level
+        print(f"\n{Path(run).name}: block={(cfg.get('block') or {}).get('class', 'PlaquetteBijector')} "
+              f"activation={block.get('activation', 'leaky_relu')} precondition={cfg.get('precondition', False)}")
         print("  E[(dU/dz)^2] per level (mean curvature): " + " ".join(f"{c:.2f}" for c in r["mean_curvature_per_level"]))
         print("  eps   accept  |dH| median   p90     p99   (10 leapfrog steps from exact latents)")
         for row in r["leapfrog"]:
@@ -115,7 +117,7 @@ def main() -> None:
               f"eigenvector share per level " + " ".join(f"{s:.2f}" for s in r["top_vector_level_share"])
               + f", participation {r['top_vector_participation']:.1f} sites")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "latent_curvature.json"
+    path = RESULTS / f"latent_curvature{args.tag}.json"
     path.write_text(json.dumps({"machine": f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}",
                                 "results": results}, indent=2))
     print(f"wrote {path}")

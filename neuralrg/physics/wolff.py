@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .ising import IsingTarget
 
 __all__ = ["WolffResult", "wolff_chains", "wolff_target_chains", "wolff_couplings", "spin_series",
-           "exact_x_from_spins", "wolff_unsupported_reason"]
+           "exact_x_from_spins", "exact_x_samples", "wolff_unsupported_reason"]
 
 
 def wolff_couplings(target: object) -> tuple[float, float, np.ndarray]:
@@ -298,3 +298,32 @@ def exact_x_from_spins(target: "IsingTarget", s: torch.Tensor | np.ndarray, gene
         raise ValueError("s must contain only ±1 spins")
     xi = torch.randn(sf.shape, generator=generator, dtype=dtype, device=sf.device)
     return target.apply_coupling_power(sf, 1.0) + target.apply_coupling_power(xi, 0.5)
+
+
+def exact_x_samples(target: "IsingTarget", n_samples: int, *, n_chains: int = 64, sweep_spacing: int = 2,
+                    warmup_sweeps: int = 20, seed: int | list[int] = 0,
+                    dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, WolffResult]:
+    """``n_samples`` exact draws x ~ p (n_samples, L, L) of an Ising relaxation, on the CPU.
+
+    Spins from ``min(n_chains, n_samples)`` Wolff chains after ``warmup_sweeps`` sweeps, one
+    configuration kept every ``sweep_spacing`` sweeps (about 2 τ_int at K_c: nearly independent),
+    then x | s ~ N(A s, A) (``exact_x_from_spins``). ``seed`` feeds a numpy SeedSequence (spins and
+    Gaussian noise from independent streams). Returns (x, the Wolff run's result). ValueError
+    where Wolff does not apply (``wolff_unsupported_reason``).
+    """
+    n = int(n_samples)
+    C = min(int(n_chains), n)
+    T = math.ceil(n / C)
+    rng_spins, rng_x = np.random.SeedSequence(seed).spawn(2)
+    kept: list[np.ndarray] = []
+
+    def record(t: int, spins: np.ndarray) -> None:
+        if (t + 1) % sweep_spacing == 0:
+            kept.append(spins)
+
+    res = wolff_target_chains(target, C, T * int(sweep_spacing), n_warmup=int(warmup_sweeps),
+                              seed=np.random.default_rng(rng_spins), record=record)
+    spins = np.stack(kept, axis=1).reshape(-1, target.L, target.L)[:n]
+    gen = torch.Generator().manual_seed(int(rng_x.generate_state(1)[0]))
+    return exact_x_from_spins(target, spins, generator=gen, dtype=dtype), res
+

@@ -27,11 +27,9 @@ by x | s ~ N(A s, A) (``exact_x_from_spins``). Only unfrustrated, translation-in
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..physics.target import LatticeTarget
@@ -173,25 +171,13 @@ class ExactIsingData:
     def __init__(self, target: LatticeTarget, n_samples: int, *, n_chains: int = 64, sweep_spacing: int = 2,
                  warmup_sweeps: int = 20, seed: int | list[int] = 0) -> None:
         check_data_source(target)
-        from ..physics.wolff import exact_x_from_spins, wolff_target_chains
+        from ..physics.wolff import exact_x_samples
 
         self.n_samples = int(n_samples)
         C = min(int(n_chains), self.n_samples)
-        T = math.ceil(self.n_samples / C)
-        ss = np.random.SeedSequence(seed)
-        rng_spins, rng_x = ss.spawn(2)
         t0 = time.perf_counter()
-        kept: list[np.ndarray] = []
-
-        def record(t: int, spins: np.ndarray) -> None:
-            if (t + 1) % sweep_spacing == 0:
-                kept.append(spins)
-
-        res = wolff_target_chains(target, C, T * int(sweep_spacing), n_warmup=int(warmup_sweeps),
-                                  seed=np.random.default_rng(rng_spins), record=record)
-        spins = np.stack(kept, axis=1).reshape(-1, target.L, target.L)[: self.n_samples]
-        gen = torch.Generator().manual_seed(int(rng_x.generate_state(1)[0]))
-        self.x = exact_x_from_spins(target, spins, generator=gen, dtype=torch.float64)
+        self.x, res = exact_x_samples(target, self.n_samples, n_chains=C, sweep_spacing=sweep_spacing,
+                                      warmup_sweeps=warmup_sweeps, seed=seed)
         self.generation_s = time.perf_counter() - t0
         self.info = {"n_samples": self.n_samples, "n_chains": C, "sweep_spacing": int(sweep_spacing),
                      "clusters_per_sweep": res.clusters_per_sweep, "generation_s": self.generation_s}
