@@ -125,3 +125,45 @@ def test_rational_quadratic_is_monotone_c1_and_inverts_to_rounding():
     assert ld_ends.abs().max() <= 1e-5, "slope 1 on both sides of ±B: C1 into the tails"
     back, ld_inv = rational_quadratic(out, *args, B, inverse=True)
     assert (back - v).abs().max() <= 1e-12 and (ld + ld_inv).abs().max() <= 1e-12
+
+
+HYBRID_BLOCK = {"class": SPLINE, "kwargs": {"n_couplings": 2, "hidden": [8], "activation": "silu", "n_bins": 5,
+                                            "tail_bound": 3.0}}
+
+
+def test_decimator_block_option_builds_a_hybrid_mera_that_is_exact_and_rebuilds():
+    from neuralrg.flows.coupling import PlaquetteCoupling
+
+    t = IsingTarget(4, 0.44)
+    f = build_mera(t, block=HYBRID_BLOCK, decimator_block="neuralrg.flows.coupling:PlaquetteBijector",
+                   precondition=True, skeleton="haar").to(DT)
+    kinds = {layer.kind: type(next(m for m in layer.modules() if isinstance(m, PlaquetteCoupling)))
+             for layer in f.flows if hasattr(layer, "kind")}
+    assert all((k.startswith("decimator")) == (c is PlaquetteCoupling) for k, c in kinds.items()), kinds
+    # a class path takes the main block's common arguments, not the spline-only ones
+    assert f.config["decimator_block"]["kwargs"] == {"n_couplings": 2, "hidden": [8], "scale_bound": 2.0,
+                                                     "activation": "silu"}
+    randomise(f, 0.15, 5)
+    z = torch.randn(2, 4, 4, dtype=DT, generator=torch.Generator().manual_seed(2))
+    x, ld = f.forward_and_log_det(z)
+    J = torch.autograd.functional.jacobian(lambda v: f.forward_and_log_det(v.reshape(1, 4, 4))[0].reshape(-1),
+                                           z[:1].reshape(-1))
+    assert abs(torch.linalg.slogdet(J)[1].item() - ld[0].item()) <= 1e-9
+    g = build_flow(t, **f.config).to(DT)
+    g.load_state_dict(f.state_dict())
+    assert torch.equal(g.forward_and_log_det(z)[0], x)
+    # without the option the config has no key: older configs rebuild unchanged
+    assert "decimator_block" not in build_mera(t, block=HYBRID_BLOCK).config
+
+
+def test_block_specs_accept_config_mappings_and_warm_starts_refuse_another_decimator_block():
+    from types import MappingProxyType
+
+    from neuralrg.flows.transfer import warm_start_flow
+
+    spec = block_spec(MappingProxyType({"class": SPLINE, "kwargs": MappingProxyType({"hidden": (8, 4)})}))
+    assert spec["kwargs"]["hidden"] == [8, 4] and type(spec["kwargs"]["hidden"]) is list
+    t = IsingTarget(4, 0.44)
+    hybrid = build_mera(t, block=HYBRID_BLOCK, decimator_block="neuralrg.flows.coupling:PlaquetteBijector")
+    with pytest.raises(ValueError, match="decimator block class"):
+        warm_start_flow(hybrid, build_mera(t, block=HYBRID_BLOCK))

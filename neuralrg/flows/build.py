@@ -13,6 +13,7 @@ import functools
 import inspect
 import math
 from numbers import Integral
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import torch
@@ -57,6 +58,15 @@ def _check_flag(value: object, name: str) -> bool:
     return value
 
 
+def _plain(obj: Any) -> Any:
+    """Mappings → dicts and lists/tuples → lists, recursively (config nodes to plain data)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, Sequence) and not isinstance(obj, str):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
     """Normalise a block choice to {"class", "kwargs"} (plain data, validated).
 
@@ -66,6 +76,7 @@ def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
     n_bins / tail_bound are kept only when given, and refused by a class that does not take them. ``hidden`` is stored
     as a list of widths (an int is repeated ``n_hidden_layers`` times).
     """
+    block = _plain(block)
     if block is None:
         path, args = DEFAULT_BLOCK, {}
     elif isinstance(block, dict):
@@ -139,9 +150,22 @@ def _with_preconditioner(layers: list, target: LatticeTarget, precondition: bool
     return list(layers) + [GaussianPreconditioner(target)] if precondition else list(layers)
 
 
+def _decimator_spec(decimator_block: Any, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The decimators' block spec: None (the same block as the disentanglers), a class path (that
+    class with the main block's common arguments: n_couplings, hidden, scale_bound, activation),
+    or anything ``block_spec`` takes."""
+    if decimator_block is None:
+        return None
+    if isinstance(decimator_block, str):
+        common = {k: v for k, v in spec["kwargs"].items() if k in BLOCK_KEYS}
+        return block_spec(decimator_block, **common)
+    return block_spec(decimator_block)
+
+
 def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = None,
                disentangler_repeats: int = 1, share_levels: bool = False, z2: bool = False,
-               precondition: bool | str = False, skeleton: str = "none", *, n_couplings: int | None = None,
+               precondition: bool | str = False, skeleton: str = "none", decimator_block: Any = None, *,
+               n_couplings: int | None = None,
                hidden: int | Sequence[int] | None = None, n_hidden_layers: int | None = None,
                scale_bound: float | None = None, activation: str | None = None) -> NeuralRGFlow:
     """The hierarchical NeuralRG flow for ``target`` (L a power of two).
@@ -154,7 +178,9 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
     (``GaussianPreconditioner``; "auto" = where the target has a Gaussian part); skeleton:
     "none" or "haar" (a fixed orthonormal Haar transform inside every decimator,
     ``wavelet.HaarDecimator``: with the preconditioner the untrained flow is an exact Gaussian
-    block-spin RG, top latent = zero mode of A^{−1/2}x; stored configs without it are "none").
+    block-spin RG, top latent = zero mode of A^{−1/2}x; stored configs without it are "none");
+    decimator_block: another block for the decimators, which define the latents (None: ``block``;
+    a class path takes the main block's n_couplings / hidden / scale_bound / activation).
     """
     L = check_lattice_size(target.L, power_of_two=True)
     n = int(math.log2(L))
@@ -167,10 +193,14 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
     precondition = _preconditioner(target, precondition)
     skeleton = check_skeleton(skeleton)
     z2 = _check_z2(target, z2)
+    dec_spec = _decimator_spec(decimator_block, spec)
     layers = mera_layers(L, depth, block_factory(spec), disentangler_repeats=repeats,
-                         share_levels=bool(share_levels), skeleton=skeleton)
+                         share_levels=bool(share_levels), skeleton=skeleton,
+                         new_decimator=None if dec_spec is None else block_factory(dec_spec))
     config = dict(kind="mera", depth=depth, block=spec, disentangler_repeats=repeats,
                   share_levels=bool(share_levels), z2=z2, precondition=precondition, skeleton=skeleton)
+    if dec_spec is not None:  # stored only when set: older configs rebuild unchanged
+        config["decimator_block"] = dec_spec
     return NeuralRGFlow(_with_preconditioner(layers, target, precondition), target, z2=z2,
                         levels=latent_levels(L, depth), config=config)
 

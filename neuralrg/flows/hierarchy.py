@@ -90,7 +90,8 @@ class PlaquetteLayer(nf.flows.Flow):
 
 def mera_layers(L: int, depth: int, new_block: Callable[[], nn.Module], *,
                 disentangler_repeats: int = 1, share_levels: bool = False,
-                skeleton: str = "none") -> list[PlaquetteLayer]:
+                skeleton: str = "none", new_decimator: Callable[[], nn.Module] | None = None
+                ) -> list[PlaquetteLayer]:
     """The hierarchy's layers in generative order (top level first), as normflows expects.
 
     With ``share_levels`` one set of blocks (per layer role) serves every level, so the
@@ -99,17 +100,19 @@ def mera_layers(L: int, depth: int, new_block: Callable[[], nn.Module], *,
     bijection of (P, 4) rows with the normflows ``forward``/``inverse`` contract).
     ``skeleton="haar"`` wraps every decimator block in ``HaarDecimator`` (fixed Haar mixing
     before the learned block, inference direction); a shared decimator block stays shared.
+    ``new_decimator`` builds the decimators' blocks instead of ``new_block`` where given.
     """
     haar = check_skeleton(skeleton) == "haar"
+    new_decimator = new_decimator or new_block
     shared_dis = [new_block() for _ in range(disentangler_repeats)] if share_levels else None
-    shared_dec = new_block() if share_levels else None
+    shared_dec = new_decimator() if share_levels else None
     inference: list[PlaquetteLayer] = []  # x → z order
     for k in range(depth):
         d = 2 ** k
         for r in range(disentangler_repeats):
             blk = shared_dis[r] if share_levels else new_block()
             inference.append(PlaquetteLayer(blk, d, 1, f"disentangler{k}.{r}"))
-        blk = shared_dec if share_levels else new_block()
+        blk = shared_dec if share_levels else new_decimator()
         if haar:
             blk = HaarDecimator(blk)
         inference.append(PlaquetteLayer(blk, d, 0, f"decimator{k}"))
@@ -143,7 +146,8 @@ def transfer_mera_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
         return out
 
     defaults = {"skeleton": "none"}  # configs older than the option
-    for key in ("kind", "block", "disentangler_repeats", "share_levels", "precondition", "skeleton"):
+    for key in ("kind", "block", "decimator_block", "disentangler_repeats", "share_levels", "precondition",
+                "skeleton"):
         a, b = src.config.get(key, defaults.get(key)), dst.config.get(key, defaults.get(key))
         if a != b:
             raise ValueError(f"cannot warm-start: {key} differs ({a!r} vs {b!r})")

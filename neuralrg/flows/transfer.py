@@ -96,8 +96,10 @@ def _settings(flow: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if c.get("kind") == "mera":
         block = c.get("block") or {}
         kw = block.get("kwargs") or {}
-        structure.update({"block class": block.get("class"), "activation": kw.get("activation")})
-        return structure, {"hidden": kw.get("hidden")}
+        dec = c.get("decimator_block") or {}
+        structure.update({"block class": block.get("class"), "activation": kw.get("activation"),
+                          "decimator block class": dec.get("class")})
+        return structure, {"hidden": kw.get("hidden"), "decimator hidden": (dec.get("kwargs") or {}).get("hidden")}
     structure["activation"] = c.get("activation")
     return structure, {k: c.get(k) for k in ("hidden", "n_hidden_layers", "kernel_size")}
 
