@@ -15,11 +15,13 @@ values lie far outside [−B, B]. One masked MLP per coupling gives all of s, t 
 layer starts at zero and the derivative parameters are offset so that a new coupling is the
 identity. The spline is C¹ (its second derivative jumps at the knots): smooth enough for latent HMC.
 
-The spline is evaluated here rather than by ``normflows.utils.splines``: that version always takes
-the root θ = 2c/(−b − √D) of the inverse's quadratic, which cancels when b < 0 (round trips off by
-1e-9 per coupling in float64, 1e-3 and more through a stack), asserts D ≥ 0 on the host, and
-splits the batch by boolean indexing. Here the stable root is chosen per element, the tails are a
-``torch.where``, and every branch stays finite, so gradients through the unused one are zero.
+The spline is evaluated here rather than by ``normflows.utils.splines``, which asserts D ≥ 0 on the
+host (a device sync per call, and a failure when rounding makes D slightly negative) and splits the
+batch by boolean indexing (data-dependent shapes). Here the tails are a ``torch.where`` and every
+branch stays finite, so gradients through the unused one are zero; the inverse's root is taken in
+the form without cancellation for the sign of b. Round trips agree with normflows' to rounding:
+about 1e-14 in float64 for moderate splines, up to 1e-9 for very steep bins, where the map itself
+is that ill-conditioned.
 """
 from __future__ import annotations
 
