@@ -145,7 +145,8 @@ def test_summary_json_keys_and_exact_values(trained):
                   "exact", "free_energy_per_site", "free_energy_per_site_err",
                   "exact_free_energy_per_site", "gap_per_site", "relative_error",
                   "is_log_z_per_site", "is_log_z_per_site_err", "is_free_energy_per_site",
-                  "is_gap_per_site", "ess_fraction", "metropolis_acceptance", "n_samples", "z2_eval"}
+                  "is_gap_per_site", "ess_fraction", "metropolis_acceptance", "n_samples", "z2_eval",
+                  "rg_organisation"}
     assert documented <= set(s), documented - set(s)
     assert s["target"] == {"class": "neuralrg.physics.ising:IsingTarget", "L": 4, "K": KC, "shift": 0.1}
     ref = exact_solution(4, KC, 0.1)
@@ -158,6 +159,9 @@ def test_summary_json_keys_and_exact_values(trained):
     assert s["model"]["block"]["kwargs"]["n_couplings"] == 2 and s["model"]["block"]["kwargs"]["hidden"] == [8, 8]
     assert s["world_size"] == 1 and len(s["rank_sample_fingerprints"]) == 1
     assert set(s["z2_eval"]) >= {"free_energy_per_site", "gap_per_site", "ess_fraction"}
+    rg = s["rg_organisation"]  # the RG figures beside gap and ESS, on exact (Wolff) samples of p
+    assert "exact samples of p" in rg["samples"] and 0.0 <= rg["r2_m_top1"] <= rg["r2_m_top2"] + 1e-9 <= 1.0 + 1e-9
+    assert rg["radius_growth"] > 1.0
     assert (run_dir / "config.yaml").is_file()
 
 

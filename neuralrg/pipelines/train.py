@@ -15,6 +15,8 @@
   is_log_z_per_site ± err,
   is_free_energy_per_site, is_gap_per_site, ess_fraction, metropolis_acceptance, n_samples;
 * z2_eval: the same evaluation of the Z2-symmetrised density, for a flow trained without Z2;
+* rg_organisation (MERA flows): R²(m | top 1, 2 levels) on latents of exact samples of p (Wolff;
+  else of the flow's samples, said in "samples") and the response-radius growth per level;
 * warm_start (with ``init_from``): from, source_L, and which tensors were copied / new / unused.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import WandbLogger
 
+from ..analysis.quick import format_rg, rg_figures_on_flow_samples
 from ..checkpoint import META_KEY, CheckpointError, flow_metadata, load_flow, read_checkpoint, target_summary
 from ..flows import warm_start_flow
 from ..physics.target import same_spec
@@ -120,7 +123,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callbac
 
 def final_evaluation(flow: Any, n_samples: int) -> dict[str, Any]:
     """``evaluate_flow`` of the trained density and, for a Z2-symmetric target trained without
-    Z2, of its symmetrised density (``z2_eval``)."""
+    Z2, of its symmetrised density (``z2_eval``); for a MERA also the cheap RG-organisation
+    figures (``rg_organisation``: ``analysis.quick.rg_figures_on_flow_samples`` on up to 2048
+    samples; a failure there is logged and recorded, never costs the run its summary)."""
     res = evaluate_flow(flow, n_samples)
     if not flow.z2 and flow.target.z2_symmetric:
         flow.z2 = True
@@ -128,6 +133,12 @@ def final_evaluation(flow: Any, n_samples: int) -> dict[str, Any]:
             res["z2_eval"] = evaluate_flow(flow, n_samples)
         finally:
             flow.z2 = False
+    if flow.config.get("kind") == "mera":
+        try:
+            res["rg_organisation"] = rg_figures_on_flow_samples(flow, n_samples=max(16, min(2048, int(n_samples))))
+        except Exception as exc:  # noqa: BLE001 -- a diagnostic must not lose the trained run's summary
+            log.warning("RG-organisation figures failed (%s: %s)", type(exc).__name__, exc)
+            res["rg_organisation"] = {"error": f"{type(exc).__name__}: {exc}"}
     return res
 
 
@@ -317,6 +328,10 @@ def format_summary(s: dict[str, Any]) -> str:
                      + (f"gap/N = {z2['gap_per_site']:.5f}, " if "gap_per_site" in z2 else
                         f"F_q/N = {z2['free_energy_per_site']:.6f}, ")
                      + f"IS {format_is_estimate(z2)}")
+    rg = s.get("rg_organisation")
+    if rg:
+        lines.append("  RG organisation: " + (f"failed ({rg['error']})" if "error" in rg else
+                                              f"{format_rg(rg)}  [{rg.get('samples')}]"))
     if not math.isfinite(s["free_energy_per_site"]):
         lines.append("  (non-finite estimates)")
     return "\n".join(lines)
