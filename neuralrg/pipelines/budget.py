@@ -20,6 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from ..analysis.quick import default_sample_count
 from ..sampling.importance import evaluate_flow
 
 RESERVE = 0.10
@@ -92,6 +93,8 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     flow = module.flow
     passes = 2 if (not flow.z2 and flow.target.z2_symmetric) else 1  # final_evaluation's z2_eval
     final_eval = passes * int(cfg.final_eval_samples) * t_eval
+    if flow.config.get("kind") == "mera":  # final_evaluation's RG figures: two inverse passes, about
+        final_eval += 2 * default_sample_count(flow.n_sites) * t_eval
     del module, optimizer
     probe = time.perf_counter() - t_start
     fit_s = budget_s * (1.0 - RESERVE) - probe - final_eval
