@@ -231,11 +231,12 @@ def test_ladder_runs_and_writes_its_table(tmp_path):
         exact = IsingTarget(L, KC).log_z / L**2
         assert r["exact_log_z_per_site"] == pytest.approx(exact, rel=1e-12)
         assert math.isfinite(r["gap_per_site"]) and math.isfinite(r["z2_gap_per_site"]) and 0 < r["ess_fraction"] <= 1
+        assert 0 <= r["r2_m_top1"] <= 1 and r["radius_growth"] > 1  # the RG figures beside the gap
     s8 = saved["summaries"][1]
     assert s8["warm_start"]["from"] == str(d / "L4") and s8["warm_start"]["new"] == []
     assert (d / "L4" / "checkpoints" / "last.ckpt").is_file() and (d / "L8" / "summary.json").is_file()
     table = format_ladder(result)
-    assert "Z2 gap/N" in table and "ln Z/N exact" in table and len(table.splitlines()) >= 4
+    assert "Z2 gap/N" in table and "ln Z/N exact" in table and "R²(m|top)" in table and len(table.splitlines()) >= 4
 
 
 # ----------------------------------------------------------------------------- memory

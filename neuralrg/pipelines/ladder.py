@@ -198,7 +198,9 @@ def _row(L: int, s: dict[str, Any]) -> dict[str, Any]:
             "ess_fraction": s.get("ess_fraction"), "z2_ess_fraction": z2.get("ess_fraction"),
             "is_log_z_per_site": s.get("is_log_z_per_site"), "is_log_z_per_site_err": s.get("is_log_z_per_site_err"),
             "is_reliable": s.get("is_reliable"), "is_khat": s.get("is_khat"), "exact_log_z_per_site": None if exact is None else -exact,
-            "copied_from": (s.get("warm_start") or {}).get("from")}
+            "copied_from": (s.get("warm_start") or {}).get("from"),
+            "r2_m_top1": (s.get("rg_organisation") or {}).get("r2_m_top1"),
+            "radius_growth": (s.get("rg_organisation") or {}).get("radius_growth")}
 
 
 def _num(v: Any, fmt: str, width: int) -> str:
@@ -208,7 +210,7 @@ def _num(v: Any, fmt: str, width: int) -> str:
 def format_ladder(result: dict[str, Any]) -> str:
     """The ladder's table (``run_ladder``'s result) as text."""
     head = (f"{'L':>4} {'steps':>7} {'train s':>8} {'gap/N':>9} {'Z2 gap/N':>9} {'ESS/M':>7} "
-            f"{'ln Z/N (IS)':>22} {'ln Z/N exact':>12}")
+            f"{'ln Z/N (IS)':>22} {'ln Z/N exact':>12} {'R²(m|top)':>9} {'growth':>6}")
     lines = [f"ladder {result.get('target_description', '')}: {result['status']}, "
              f"{result['wall_time_s']:.0f} s in all ({result['run_dir']})", head]
     flagged = False
@@ -220,7 +222,8 @@ def format_ladder(result: dict[str, Any]) -> str:
                 lz, flagged = lz + "!", True
         lines.append(f"{r['L']:>4} {_num(r['steps'], 'd', 7)} {_num(r['wall_time_s'], '.1f', 8)} "
                      f"{_num(r['gap_per_site'], '.5f', 9)} {_num(r['z2_gap_per_site'], '.5f', 9)} "
-                     f"{_num(r['ess_fraction'], '.4f', 7)} {lz:>22} {_num(r['exact_log_z_per_site'], '.6f', 12)}")
+                     f"{_num(r['ess_fraction'], '.4f', 7)} {lz:>22} {_num(r['exact_log_z_per_site'], '.6f', 12)} "
+                     f"{_num(r.get('r2_m_top1'), '.2f', 9)} {_num(r.get('radius_growth'), '.2f', 6)}")
     if flagged:
         lines.append("  ! is_reliable false (PSIS k̂, is_khat in ladder.json): that IS estimate or its error bar is unreliable")
     return "\n".join(lines)
