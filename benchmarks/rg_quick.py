@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuralrg.analysis.quick import _latents_of_p, format_rg, rg_figures_on_flow_samples
+from neuralrg.analysis.quick import _latents_of_p, format_rg, quick_rg_figures
 from neuralrg.analysis.rg_organisation import linear_r2, top_level_features
 from neuralrg.checkpoint import load_flow
 
@@ -51,7 +51,7 @@ def main() -> None:
     for run in args.runs:
         flow = load_flow(run)
         flow = flow[0] if isinstance(flow, tuple) else flow
-        rg = rg_figures_on_flow_samples(flow, n_samples=args.samples, seed=args.seed)
+        rg = quick_rg_figures(flow, n_samples=args.samples, seed=args.seed)
         rg["r2_m_cubic_top1"], rg["r2_m_cubic_top2"] = cubic_r2(flow, args.samples, args.seed)
         rg["run"], rg["block"] = str(run), (flow.config.get("block") or {}).get("class")
         rows.append(rg)

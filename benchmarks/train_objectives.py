@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).parent))
 from train_quality import RESULTS, compose_cfg  # noqa: E402
 
-from neuralrg.analysis.quick import format_rg, rg_figures_on_flow_samples  # noqa: E402
+from neuralrg.analysis.quick import format_rg, quick_rg_figures  # noqa: E402
 from neuralrg.pipelines.train import build_module  # noqa: E402
 from neuralrg.sampling.importance import evaluate_flow  # noqa: E402
 from neuralrg.training.data import StepIndices  # noqa: E402
@@ -146,7 +146,7 @@ def run_one(name: str, L: int, seconds: float, overrides: list[str], data_fracti
            "z2_gap_per_site": sym["gap_per_site"], "z2_gap_per_site_err": sym["free_energy_per_site_err"],
            "z2_ess_fraction": sym["ess_fraction"], "z2_metropolis_acceptance": sym["metropolis_acceptance"],
            "z2_relative_error": sym["relative_error"], "loss": OmegaConf.to_container(cfg.loss, resolve=True),
-           "rg": rg_figures_on_flow_samples(flow)}
+           "rg": quick_rg_figures(flow)}
     if module.chains is not None and module.chains.initialized:
         rec["chain_mh_acceptance"] = module.chains.mh_acceptance
         rec["chain_step_size"] = module.chains.step_size

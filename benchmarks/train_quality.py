@@ -30,7 +30,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from neuralrg.analysis.quick import format_rg, rg_figures_on_flow_samples
+from neuralrg.analysis.quick import format_rg, quick_rg_figures
 from neuralrg.sampling.importance import evaluate_flow
 from neuralrg.training.data import StepIndices
 from neuralrg.pipelines.train import build_module
@@ -77,7 +77,7 @@ class WallClockMarks(pl.Callback):
         rec["z2_ess_fraction"] = sym["ess_fraction"]
         rg = ""
         if not self.marks:  # the last mark: the RG-organisation figures beside gap and ESS (issue 19)
-            rec["rg"] = rg_figures_on_flow_samples(flow)
+            rec["rg"] = quick_rg_figures(flow)
             rg = "  " + format_rg(rec["rg"])
         self.records.append(rec)
         print(f"  {rec['minutes']:5.1f} min  step {rec['step']:6d}  gap/N {rec['gap_per_site']:.5f} "

@@ -253,22 +253,22 @@ def test_quick_rg_figures_for_benchmark_tables():
     """The benchmark-table figures: under exact (Wolff) samples of p the untrained Haar flow's top
     latent is the zero mode of y, so it carries m almost entirely, and its radii double per level;
     the untrained plain MERA (the identity on y) has one site of y there, and no growth."""
-    from neuralrg.analysis.quick import format_rg, rg_figures_on_flow_samples
+    from neuralrg.analysis.quick import format_rg, quick_rg_figures
     from neuralrg.physics.phi4 import Phi4Target
 
     torch.manual_seed(0)
     t = IsingTarget(8, K_C)
-    haar = rg_figures_on_flow_samples(build_mera(t, precondition=True, skeleton="haar", n_couplings=2, hidden=8),
+    haar = quick_rg_figures(build_mera(t, precondition=True, skeleton="haar", n_couplings=2, hidden=8),
                                       n_samples=512)
     assert "exact samples of p" in haar["samples"]
     assert haar["r2_m_top1"] > 0.97 and 1.7 <= haar["radius_growth"] <= 2.5 and haar["radius_space"] == "y"
-    plain = rg_figures_on_flow_samples(build_mera(t, precondition=True, skeleton="none", n_couplings=2, hidden=8),
+    plain = quick_rg_figures(build_mera(t, precondition=True, skeleton="none", n_couplings=2, hidden=8),
                                        n_samples=512)
     assert plain["r2_m_top1"] < 0.7 and plain["radius_growth"] is None
     assert "R²(m|top1,2)" in format_rg(haar) and "(q)" not in format_rg(haar)
     # no exact sampler (phi^4): the flow's own samples, and the cell says so
-    phi = rg_figures_on_flow_samples(build_mera(Phi4Target(4, 0.2, 0.5), n_couplings=1, hidden=4), n_samples=64)
+    phi = quick_rg_figures(build_mera(Phi4Target(4, 0.2, 0.5), n_couplings=1, hidden=4), n_samples=64)
     assert "flow q" in phi["samples"] and "(q)" in format_rg(phi)
     assert "n/a" in format_rg({"r2_m_top1": None})
     with pytest.raises(ValueError, match="n_samples"):
-        rg_figures_on_flow_samples(build_mera(t, n_couplings=1, hidden=4), n_samples=4)
+        quick_rg_figures(build_mera(t, n_couplings=1, hidden=4), n_samples=4)

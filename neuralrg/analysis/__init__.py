@@ -29,7 +29,7 @@ from .mutual_information import (
 
 _LAZY = {
     "causal_cone": "response", "jacobian_columns": "response", "response_radius": "response",
-    "response_analysis": "response", "rg_figures_on_flow_samples": "quick",
+    "response_analysis": "response", "quick_rg_figures": "quick",
 }
 
 __all__ = ["gaussian_copula_mi", "gaussian_mi", "ksg_mi", "mutual_information", "neighbour_pairs",

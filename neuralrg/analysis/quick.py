@@ -47,7 +47,7 @@ def default_sample_count(n_sites: int) -> int:
     return int(min(2048, max(512, 2048 * 256 // max(1, int(n_sites)))))
 
 
-def rg_figures_on_flow_samples(flow: Any, n_samples: int = 2048, seed: int = 0, n_latents: int = 4,
+def quick_rg_figures(flow: Any, n_samples: int = 2048, seed: int = 0, n_latents: int = 4,
                                n_configs: int = 2) -> dict[str, Any]:
     """{"r2_m_top1", "r2_m_top2", "radius_growth", "radius_space", "samples"} for ``flow``.
 

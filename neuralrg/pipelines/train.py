@@ -37,7 +37,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import WandbLogger
 
-from ..analysis.quick import default_sample_count, format_rg, rg_figures_on_flow_samples
+from ..analysis.quick import default_sample_count, format_rg, quick_rg_figures
 from ..checkpoint import META_KEY, CheckpointError, flow_metadata, load_flow, read_checkpoint, target_summary
 from ..flows import warm_start_flow
 from ..physics.target import same_spec
@@ -124,7 +124,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callbac
 def final_evaluation(flow: Any, n_samples: int) -> dict[str, Any]:
     """``evaluate_flow`` of the trained density and, for a Z2-symmetric target trained without
     Z2, of its symmetrised density (``z2_eval``); for a MERA also the cheap RG-organisation
-    figures (``rg_organisation``: ``analysis.quick.rg_figures_on_flow_samples`` on
+    figures (``rg_organisation``: ``analysis.quick.quick_rg_figures`` on
     ``default_sample_count`` samples, 2048 at L = 16 and 512 from L = 32; a failure there is logged
     and recorded, never costs the run its summary)."""
     res = evaluate_flow(flow, n_samples)
@@ -137,7 +137,7 @@ def final_evaluation(flow: Any, n_samples: int) -> dict[str, Any]:
     if flow.config.get("kind") == "mera":
         try:
             n_rg = max(16, min(default_sample_count(flow.n_sites), int(n_samples)))
-            res["rg_organisation"] = rg_figures_on_flow_samples(flow, n_samples=n_rg)
+            res["rg_organisation"] = quick_rg_figures(flow, n_samples=n_rg)
         except Exception as exc:  # noqa: BLE001 -- a diagnostic must not lose the trained run's summary
             log.warning("RG-organisation figures failed (%s: %s)", type(exc).__name__, exc)
             res["rg_organisation"] = {"error": f"{type(exc).__name__}: {exc}"}
