@@ -14,28 +14,12 @@ import json
 import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from neuralrg.analysis.quick import _latents_of_p, format_rg, quick_rg_figures
-from neuralrg.analysis.rg_organisation import linear_r2, top_level_features
+from neuralrg.analysis.quick import format_rg, quick_rg_figures
 from neuralrg.checkpoint import load_flow
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def cubic_r2(flow, n_samples: int, seed: int) -> list[float | None]:
-    """R²(m | z, z², z³ of the top 1, 2 levels) under p; [None, None] without an exact sampler."""
-    exact = _latents_of_p(flow, n_samples, seed)
-    if exact is None:
-        return [None, None]
-    z, y = exact
-    m = flow.target.observables(y.detach().cpu().double())["m"].numpy()
-    out = []
-    for k in (1, 2):
-        F, _ = top_level_features(z.detach().cpu(), flow.latent_levels.cpu(), k)
-        out.append(linear_r2(np.concatenate([F, F ** 2, F ** 3], axis=1), m))
-    return out
 
 
 def main() -> None:
@@ -52,7 +36,6 @@ def main() -> None:
         flow = load_flow(run)
         flow = flow[0] if isinstance(flow, tuple) else flow
         rg = quick_rg_figures(flow, n_samples=args.samples, seed=args.seed)
-        rg["r2_m_cubic_top1"], rg["r2_m_cubic_top2"] = cubic_r2(flow, args.samples, args.seed)
         rg["run"], rg["block"] = str(run), (flow.config.get("block") or {}).get("class")
         rows.append(rg)
         cub = "/".join("n/a" if v is None else f"{v:.2f}" for v in (rg["r2_m_cubic_top1"], rg["r2_m_cubic_top2"]))

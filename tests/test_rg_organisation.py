@@ -262,6 +262,7 @@ def test_quick_rg_figures_for_benchmark_tables():
                                       n_samples=512)
     assert "exact samples of p" in haar["samples"]
     assert haar["r2_m_top1"] > 0.97 and 1.7 <= haar["radius_growth"] <= 2.5 and haar["radius_space"] == "y"
+    assert haar["r2_m_top1"] - 1e-9 <= haar["r2_m_cubic_top1"] <= 1.0  # more features never fit worse
     plain = quick_rg_figures(build_mera(t, precondition=True, skeleton="none", n_couplings=2, hidden=8),
                                        n_samples=512)
     assert plain["r2_m_top1"] < 0.7 and plain["radius_growth"] is None

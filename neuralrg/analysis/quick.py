@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..physics.wolff import exact_x_samples, wolff_unsupported_reason
 from .latents import latents_under_p
 from .response import response_analysis
-from .rg_organisation import r2_top_levels
+from .rg_organisation import linear_r2, r2_top_levels, top_level_features
 
 
 def _latents_of_p(flow: Any, n_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -48,11 +49,13 @@ def default_sample_count(n_sites: int) -> int:
 
 
 def quick_rg_figures(flow: Any, n_samples: int = 2048, seed: int = 0, n_latents: int = 4,
-                               n_configs: int = 2) -> dict[str, Any]:
-    """{"r2_m_top1", "r2_m_top2", "radius_growth", "radius_space", "samples"} for ``flow``.
+                     n_configs: int = 2) -> dict[str, Any]:
+    """{"r2_m_top1", "r2_m_top2", "r2_m_cubic_top1", "r2_m_cubic_top2", "radius_growth",
+    "radius_space", "samples"} for ``flow``.
 
     m: the target's per-sample magnetisation estimator (Ising: mean tanh x); R² with intercept
-    (``rg_organisation.r2_top_levels``; None where the flow has fewer levels); "samples" says
+    (``rg_organisation.r2_top_levels``; None where the flow has fewer levels); the cubic R² fits
+    on z, z², z³ of the same latents (is m a smooth but nonlinear function of them?); "samples" says
     whether z came from exact samples of p or from the flow; radius_growth: fitted growth factor
     of the rms response radius per level (levels 0–2, on y = A^{-1/2}x where the flow ends with the
     Gaussian preconditioner, else on x; None for a flow with a single level).
@@ -74,12 +77,16 @@ def quick_rg_figures(flow: Any, n_samples: int = 2048, seed: int = 0, n_latents:
     m = flow.target.observables(y.detach().cpu().double())["m"]
     z_cpu = z.detach().cpu()
     r2 = {k: (r2_top_levels(z_cpu, m, levels, k) if k <= n_levels else None) for k in (1, 2)}
+    cubic: dict[int, float | None] = {}
+    for k in (1, 2):
+        F = top_level_features(z_cpu, levels, k)[0] if k <= n_levels else None
+        cubic[k] = None if F is None else linear_r2(np.concatenate([F, F ** 2, F ** 3], axis=1), m)
     growth, space = None, None
     if n_levels > 1:
         resp, _, _ = response_analysis(flow, z[:n_configs], n_latents=n_latents, n_configs=n_configs, seed=seed)
         growth, space = resp["growth_factor_rms"], resp["space"]
-    return {"r2_m_top1": r2[1], "r2_m_top2": r2[2], "radius_growth": growth, "radius_space": space,
-            "samples": samples}
+    return {"r2_m_top1": r2[1], "r2_m_top2": r2[2], "r2_m_cubic_top1": cubic[1], "r2_m_cubic_top2": cubic[2],
+            "radius_growth": growth, "radius_space": space, "samples": samples}
 
 
 def format_rg(rg: dict[str, Any]) -> str:

@@ -144,20 +144,18 @@ class SplinePlaquetteCoupling(PlaquetteCoupling):
         s = self.scale_amp * (2.0 * torch.sigmoid(s_raw.squeeze(-1)) - 1.0)
         return w, hgt, d + _IDENTITY_DERIVATIVE, s, t.squeeze(-1)
 
-    def _spline(self, v, w, hgt, d, inverse: bool):
-        return rational_quadratic(v, w, hgt, d, self.tail_bound, inverse=inverse)
-
     def _assemble(self, y: torch.Tensor, new_u: torch.Tensor) -> torch.Tensor:
         return y * self.keep + new_u @ self.pick.T
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w, hgt, d, s, t = self._params(y)
-        u, ld = self._spline(y @ self.pick, w, hgt, d, inverse=False)
+        u, ld = rational_quadratic(y @ self.pick, w, hgt, d, self.tail_bound)
         return self._assemble(y, u * torch.exp(s) + t), (ld + s).sum(dim=1)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w, hgt, d, s, t = self._params(y)  # conditioning channels are unchanged by forward
-        u, ld = self._spline((y @ self.pick - t) * torch.exp(-s), w, hgt, d, inverse=True)
+        u, ld = rational_quadratic((y @ self.pick - t) * torch.exp(-s), w, hgt, d, self.tail_bound,
+                                   inverse=True)
         return self._assemble(y, u), (ld - s).sum(dim=1)
 
 
