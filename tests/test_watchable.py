@@ -141,6 +141,42 @@ def test_progress_choice_and_plain_lines():
 
 
 # ----------------------------------------------------------------------------- time budget
+class SlowFlow(torch.nn.Module):
+    """A flow whose proposals cost ``delay`` seconds each (q = p = N(0, 1) per site)."""
+
+    def __init__(self, L: int, delay: float) -> None:
+        super().__init__()
+        self.L, self.delay = L, delay
+        self.latent_levels = torch.zeros(L, L)
+        self.target = self
+
+    def sample_with_latent(self, b, generator=None):
+        time.sleep(self.delay * b)
+        z = torch.randn(b, self.L, self.L, generator=generator, dtype=torch.float64)
+        return z, z, -0.5 * z.pow(2).sum((1, 2))
+
+    def log_prob(self, x):
+        return -0.5 * x.pow(2).sum((1, 2))
+
+    def energy(self, x):
+        return 0.5 * x.pow(2).sum((1, 2))
+
+    def observables(self, x, generator=None):
+        return {"m2": x.mean((1, 2)).pow(2)}
+
+
+def test_flow_metropolis_budget_shrinks_its_batches():
+    """A time budget bounds flow Metropolis to about one step of all chains past it, even when a
+    batch of proposals takes longer than the whole budget."""
+    from neuralrg.sampling.samplers.flow_metropolis import run_flow_metropolis
+    flow = SlowFlow(2, 2e-4)  # a full batch of 4096 proposals takes 0.8 s
+    t0 = time.perf_counter()
+    run = run_flow_metropolis(flow, n_chains=8, n_warmup=2, n_samples=10**5, batch_size=4096, max_time=0.2,
+                              generator=torch.Generator().manual_seed(0))
+    wall = time.perf_counter() - t0
+    assert run.partial and wall < 0.2 + 0.8 + 0.3  # warm-up batch + budget + one short batch, not 4096 more
+    T = run.observables["m2"].shape[1]
+    assert 2 <= T < 10**5
 class StageClock(Progress):
     """Records how long each stage took and the updates it got."""
 

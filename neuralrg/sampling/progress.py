@@ -63,3 +63,7 @@ class Deadline:
     def expired(self) -> bool:
         """True once the budget is spent (never without a budget or before ``begin``)."""
         return self._end is not None and time.perf_counter() >= self._end
+
+    def remaining(self) -> float | None:
+        """Seconds left (None without a budget or before ``begin``; never negative)."""
+        return None if self._end is None else max(0.0, self._end - time.perf_counter())

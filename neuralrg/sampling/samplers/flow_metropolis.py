@@ -25,7 +25,8 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
     """C chains, n_warmup + n_samples steps each (the first proposal is the start), log-weights
     ln p̃(x) − ln q(x). ``progress`` hears of every batch of proposals (in steps of all chains);
     ``max_time``: wall seconds of proposals after warm-up, then the chains stop at the last
-    complete step (>= 2 kept; ``ChainRun.partial``)."""
+    complete step (>= 2 kept; ``ChainRun.partial``); under a budget, batches shrink to what the
+    remaining time allows (at least one step of all chains), so the overrun is about one step."""
     check_settings(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, batch_size=batch_size,
                    max_keep=max_keep)
     T = n_warmup + n_samples
@@ -42,12 +43,20 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
     else:
         prog.start("sampling", n_samples)
         deadline.begin()
+    per_draw = None  # seconds per proposal, from the last batch
     while drawn < n_chains * T:
-        # batches never split at the warm-up boundary: the random stream (and so every number)
-        # is the same as without progress reporting or a time budget
+        # batches never split at the warm-up boundary: without a time budget the random stream
+        # (and so every number) is the same with or without progress reporting
         b = min(n_chains * T - drawn, batch_size)
+        left = deadline.remaining()
+        if left is not None and per_draw is not None:  # under a budget: what fits, >= one step of all chains
+            b = min(b, max(n_chains, int(left / per_draw) // n_chains * n_chains))
+        tb = time.perf_counter()
         z, x, lq = flow.sample_with_latent(b, generator=generator)
         xs.append(x), zs.append(z), lqs.append(lq), lws.append(flow.target.log_prob(x) - lq)
+        if max_time is not None:
+            sync(lq)
+            per_draw = (time.perf_counter() - tb) / b
         drawn += b
         steps_done = drawn // n_chains
         if n_warmup and drawn - b < warm_draws <= drawn:  # this batch ends warm-up (and may sample on)
