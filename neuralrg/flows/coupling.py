@@ -97,17 +97,17 @@ class PlaquetteCoupling(nf.flows.Flow):
         for lin in self.hidden:
             h = self.act(lin(h))
         out = F.linear(h, self.last.weight * self.out_mask[:, None], self.last.bias * self.out_mask)
-        s_raw, t = out.chunk(2, dim=1)
+        s_raw, t = out.chunk(2, dim=-1)
         # a·tanh(raw/2) written as a·(2σ(raw) − 1): same function, a faster kernel on CPU
         return self.scale_amp * (2.0 * torch.sigmoid(s_raw) - 1.0), t
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = self._scale_shift(y)
-        return y * torch.exp(s) + t, s.sum(dim=1)
+        return y * torch.exp(s) + t, s.sum(dim=-1)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = self._scale_shift(y)  # conditioning channels are unchanged by forward
-        return (y - t) * torch.exp(-s), -s.sum(dim=1)
+        return (y - t) * torch.exp(-s), -s.sum(dim=-1)
 
 
 class PlaquetteBijector(nf.flows.Flow):
@@ -125,14 +125,14 @@ class PlaquetteBijector(nf.flows.Flow):
         )
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_det = y.new_zeros(y.shape[0])
+        log_det = y.new_zeros(y.shape[:-1])
         for c in self.couplings:
             y, ld = c(y)
             log_det = log_det + ld
         return y, log_det
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_det = y.new_zeros(y.shape[0])
+        log_det = y.new_zeros(y.shape[:-1])
         for c in reversed(self.couplings):
             y, ld = c.inverse(y)
             log_det = log_det + ld

@@ -49,7 +49,9 @@ class PlaquetteLayer(nf.flows.Flow):
     Acts on (B, L, L) tensors. ``spacing`` d: the layer sees the sites with both coordinates
     ≡ 0 mod d; ``offset`` 0 gives decimator plaquettes, 1 disentangler plaquettes (in units
     of d). ``forward`` is generative (z → x side), ``inverse`` inference; log_det (B,) is the
-    sum over plaquettes. All plaquettes are processed in one batched call.
+    sum over plaquettes. All plaquettes are processed in one batched call: as (B·P, 4) rows, or
+    as the (B, L/2d, L/2d, 4) grid of plaquettes for a block with ``grid = True``
+    (``context.ContextPlaquetteBijector``, whose couplings also see neighbouring plaquettes).
     """
 
     def __init__(self, block: nn.Module, spacing: int, offset: int, kind: str) -> None:
@@ -69,7 +71,9 @@ class PlaquetteLayer(nf.flows.Flow):
         M = sub.shape[-1]
         if o:
             sub = torch.roll(sub, shifts=(-o, -o), dims=(1, 2))
-        plaq = sub.reshape(B, M // 2, 2, M // 2, 2).permute(0, 1, 3, 2, 4).reshape(-1, 4)
+        plaq = sub.reshape(B, M // 2, 2, M // 2, 2).permute(0, 1, 3, 2, 4)
+        # rows (B·P, 4), or the grid (B, M/2, M/2, 4) for blocks that see neighbouring plaquettes
+        plaq = plaq.reshape(B, M // 2, M // 2, 4) if getattr(self.block, "grid", False) else plaq.reshape(-1, 4)
         out, log_det = (self.block.inverse if inverse else self.block)(plaq)
         sub = out.reshape(B, M // 2, M // 2, 2, 2).permute(0, 1, 3, 2, 4).reshape(B, M, M)
         if o:

@@ -46,7 +46,7 @@ def haar_matrix(dtype: torch.dtype = torch.float64, device: torch.device | str |
 
 
 class HaarPlaquette(nf.flows.Flow):
-    """The fixed orthonormal Haar transform of (P, 4) plaquette rows; log|det| = 0 both ways."""
+    """The fixed orthonormal Haar transform of (..., 4) plaquettes (rows or a grid); log|det| = 0 both ways."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,7 +54,7 @@ class HaarPlaquette(nf.flows.Flow):
 
     def _mix(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         H = self.H if self.H.dtype == v.dtype and self.H.device == v.device else self.H.to(v)
-        return v @ H, v.new_zeros(v.shape[0])  # H symmetric: row-vector product = H v
+        return v @ H, v.new_zeros(v.shape[:-1])  # H symmetric: row-vector product = H v
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Haar coefficients → plaquette values (generative direction)."""
@@ -72,6 +72,11 @@ class HaarDecimator(nf.flows.Flow):
         super().__init__()
         self.block = block
         self.haar = HaarPlaquette()
+
+    @property
+    def grid(self) -> bool:
+        """Whether the learned block takes the grid of plaquettes (the Haar mixing works on either)."""
+        return bool(getattr(self.block, "grid", False))
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, log_det = self.block(z)

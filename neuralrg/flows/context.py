@@ -1,0 +1,67 @@
+"""Plaquette couplings that also see the neighbouring plaquettes (a 3×3 neighbourhood).
+
+In ``PlaquetteCoupling`` the two updated channels of a plaquette are conditioned on the two
+conditioning channels *of the same plaquette*, so a block's receptive field is its 4 sites and
+the hierarchy mixes plaquettes only through the disentanglers. Here the conditioner's first
+layer is a 3×3 convolution (circular, the torus) over the grid of plaquettes of the layer: the
+log-scale and shift of plaquette (i, j) depend on the conditioning channels of plaquettes
+(i + a, j + b), a, b ∈ {−1, 0, 1}. A coupling updates the same channels in every plaquette and
+leaves the conditioning channels of every plaquette unchanged, so it stays a triangular map
+with log_det = Σ s, exactly invertible.
+
+Tensors are the grid of plaquettes, shape (B, m, m, 4) (channel order (0,0), (0,1), (1,0),
+(1,1) as in ``coupling``); log_det has shape (B, m, m). ``forward`` is the generative
+direction, ``inverse`` the inference one (the normflows contract). ``PlaquetteLayer`` passes
+the grid to any block with ``grid = True``. The rest of the network (hidden layers, bounded
+log-scale, zero last layer = identity start) is ``PlaquetteCoupling``'s.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .coupling import PlaquetteBijector, PlaquetteCoupling
+
+__all__ = ["ContextPlaquetteCoupling", "ContextPlaquetteBijector"]
+
+
+class ContextPlaquetteCoupling(PlaquetteCoupling):
+    """``PlaquetteCoupling`` whose first layer is a circular 3×3 convolution over the plaquette grid.
+
+    Input (B, m, m, 4); the conditioning mask applies to the convolution's input channels.
+    """
+
+    def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
+                 activation: str = "leaky_relu") -> None:
+        super().__init__(partition, hidden, scale_bound, activation)
+        width = self.first.out_features
+        self.first = nn.Conv2d(4, width, 3)  # applied by hand with circular padding, masked
+
+    def _scale_shift(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = F.pad(y.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="circular")  # (B, 4, m + 2, m + 2)
+        w = self.first.weight * self.in_mask[None, :, None, None]
+        h = self.act(F.conv2d(g, w, self.first.bias).permute(0, 2, 3, 1))  # (B, m, m, width)
+        for lin in self.hidden:
+            h = self.act(lin(h))
+        out = F.linear(h, self.last.weight * self.out_mask[:, None], self.last.bias * self.out_mask)
+        s_raw, t = out.chunk(2, dim=-1)
+        return self.scale_amp * (2.0 * torch.sigmoid(s_raw) - 1.0), t
+
+
+class ContextPlaquetteBijector(PlaquetteBijector):
+    """``PlaquetteBijector`` of ``ContextPlaquetteCoupling``s: a bijection of the whole plaquette grid.
+
+    Same arguments as ``PlaquetteBijector``; tensors (B, m, m, 4), log_det (B, m, m).
+    """
+
+    grid = True
+
+    def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0,
+                 activation: str = "leaky_relu") -> None:
+        super().__init__(n_couplings, hidden, scale_bound, activation)
+        self.couplings = nn.ModuleList(
+            ContextPlaquetteCoupling(i, hidden, scale_bound, activation) for i in range(n_couplings)
+        )
