@@ -64,10 +64,12 @@ class WallClockMarks(pl.Callback):
         flow = pl_module.flow.eval()
         rec = {"minutes": mark / 60, "training_s": t_train, "step": trainer.global_step,
                "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+        trained_z2 = flow.z2  # model.z2=true trains the symmetrised density: leave it as it was
+        flow.z2 = False
         res = evaluate_flow(flow, self.eval_samples)
         flow.z2 = True
         sym = evaluate_flow(flow, self.eval_samples)
-        flow.z2 = False
+        flow.z2 = trained_z2
         flow.train()
         for k in ("free_energy_per_site", "free_energy_per_site_err", "gap_per_site", "relative_error",
                   "ess_fraction", "metropolis_acceptance"):
