@@ -31,19 +31,24 @@ __all__ = ["ContextPlaquetteCoupling", "ContextPlaquetteBijector"]
 class ContextPlaquetteCoupling(PlaquetteCoupling):
     """``PlaquetteCoupling`` whose first layer is a circular 3×3 convolution over the plaquette grid.
 
-    Input (B, m, m, 4); the conditioning mask applies to the convolution's input channels.
+    Input (B, m, m, 4). The convolution is a linear layer on the unfolded 3×3 neighbourhood (36
+    inputs; faster than ``conv2d`` on CPU at these sizes); the conditioning mask zeroes the
+    weights of the updated channels at every neighbour.
     """
 
     def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
                  activation: str = "leaky_relu") -> None:
         super().__init__(partition, hidden, scale_bound, activation)
         width = self.first.out_features
-        self.first = nn.Conv2d(4, width, 3)  # applied by hand with circular padding, masked
+        self.first = nn.Linear(36, width)  # the 3×3 neighbourhood's 4 channels, (channel, di, dj) order
+        self.register_buffer("in_mask", self.in_mask.repeat_interleave(9), persistent=False)  # (36,)
 
     def _scale_shift(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g = F.pad(y.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="circular")  # (B, 4, m + 2, m + 2)
-        w = self.first.weight * self.in_mask[None, :, None, None]
-        h = self.act(F.conv2d(g, w, self.first.bias).permute(0, 2, 3, 1))  # (B, m, m, width)
+        B, m = y.shape[0], y.shape[1]
+        g = torch.cat((y[:, -1:], y, y[:, :1]), dim=1)  # circular padding by one plaquette
+        g = torch.cat((g[:, :, -1:], g, g[:, :, :1]), dim=2)  # (B, m + 2, m + 2, 4)
+        nb = g.unfold(1, 3, 1).unfold(2, 3, 1).reshape(B, m, m, 36)  # (B, m, m, 4, 3, 3) flattened
+        h = self.act(F.linear(nb, self.first.weight * self.in_mask, self.first.bias))
         for lin in self.hidden:
             h = self.act(lin(h))
         out = F.linear(h, self.last.weight * self.out_mask[:, None], self.last.bias * self.out_mask)
