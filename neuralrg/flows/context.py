@@ -43,17 +43,12 @@ class ContextPlaquetteCoupling(PlaquetteCoupling):
         self.first = nn.Linear(36, width)  # the 3×3 neighbourhood's 4 channels, (channel, di, dj) order
         self.register_buffer("in_mask", self.in_mask.repeat_interleave(9), persistent=False)  # (36,)
 
-    def _scale_shift(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _first(self, y: torch.Tensor) -> torch.Tensor:
         B, m = y.shape[0], y.shape[1]
         g = torch.cat((y[:, -1:], y, y[:, :1]), dim=1)  # circular padding by one plaquette
         g = torch.cat((g[:, :, -1:], g, g[:, :, :1]), dim=2)  # (B, m + 2, m + 2, 4)
         nb = g.unfold(1, 3, 1).unfold(2, 3, 1).reshape(B, m, m, 36)  # (B, m, m, 4, 3, 3) flattened
-        h = self.act(F.linear(nb, self.first.weight * self.in_mask, self.first.bias))
-        for lin in self.hidden:
-            h = self.act(lin(h))
-        out = F.linear(h, self.last.weight * self.out_mask[:, None], self.last.bias * self.out_mask)
-        s_raw, t = out.chunk(2, dim=-1)
-        return self.scale_amp * (2.0 * torch.sigmoid(s_raw) - 1.0), t
+        return F.linear(nb, self.first.weight * self.in_mask, self.first.bias)
 
 
 class ContextPlaquetteBijector(PlaquetteBijector):

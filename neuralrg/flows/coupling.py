@@ -92,8 +92,12 @@ class PlaquetteCoupling(nf.flows.Flow):
         self.scale_amp = nn.Parameter(torch.full((4,), float(scale_bound)))
         self.act = ACTIVATIONS[check_activation(activation)]
 
+    def _first(self, y: torch.Tensor) -> torch.Tensor:
+        """The masked first layer (before the activation): (..., 4) -> (..., width)."""
+        return F.linear(y, self.first.weight * self.in_mask, self.first.bias)
+
     def _scale_shift(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.act(F.linear(y, self.first.weight * self.in_mask, self.first.bias))
+        h = self.act(self._first(y))
         for lin in self.hidden:
             h = self.act(lin(h))
         out = F.linear(h, self.last.weight * self.out_mask[:, None], self.last.bias * self.out_mask)
