@@ -59,9 +59,4 @@ class ContextPlaquetteBijector(PlaquetteBijector):
 
     grid = True
 
-    def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0,
-                 activation: str = "leaky_relu") -> None:
-        super().__init__(n_couplings, hidden, scale_bound, activation)
-        self.couplings = nn.ModuleList(
-            ContextPlaquetteCoupling(i, hidden, scale_bound, activation) for i in range(n_couplings)
-        )
+    coupling_class = ContextPlaquetteCoupling

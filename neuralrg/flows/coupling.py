@@ -121,11 +121,13 @@ class PlaquetteBijector(nf.flows.Flow):
     Rows are plaquettes, shape (P, 4).
     """
 
+    coupling_class: type = PlaquetteCoupling  # subclasses swap in their coupling (odd, context)
+
     def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0,
                  activation: str = "leaky_relu") -> None:
         super().__init__()
         self.couplings = nn.ModuleList(
-            PlaquetteCoupling(i, hidden, scale_bound, activation) for i in range(n_couplings)
+            self.coupling_class(i, hidden, scale_bound, activation) for i in range(n_couplings)
         )
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

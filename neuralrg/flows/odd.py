@@ -22,10 +22,7 @@ field, so q(−x) = q(x) exactly for a symmetric prior: no z2 symmetrisation is 
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
-from torch import nn
 
 from .coupling import PlaquetteBijector, PlaquetteCoupling
 
@@ -53,11 +50,4 @@ class OddPlaquetteBijector(PlaquetteBijector):
     Rows are plaquettes, shape (P, 4); forward/inverse are inherited unchanged.
     """
 
-    def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0,
-                 activation: str = "leaky_relu") -> None:
-        # the parent validates the arguments and sets any attributes it has; its couplings
-        # are then replaced by odd ones (same partitions, same arguments)
-        super().__init__(n_couplings, hidden, scale_bound, activation)
-        self.couplings = nn.ModuleList(
-            OddPlaquetteCoupling(i, hidden, scale_bound, activation) for i in range(n_couplings)
-        )
+    coupling_class = OddPlaquetteCoupling
