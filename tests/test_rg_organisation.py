@@ -273,3 +273,33 @@ def test_quick_rg_figures_for_benchmark_tables():
     assert "n/a" in format_rg({"r2_m_top1": None})
     with pytest.raises(ValueError, match="n_samples"):
         quick_rg_figures(build_mera(t, n_couplings=1, hidden=4), n_samples=4)
+
+
+
+def test_one_sign_r2_is_r2_of_sign_aligned_latents():
+    """The one-sign R² is R²(m | top level) of the latents of σx, σ drawn from P(σ | x) ∝ q(σx)
+    (as a Z2 flow maps x); the untrained Haar flow is linear and odd, so taking the sign out costs
+    nothing there: both figures stay near 1. Without a Wolff sampler (φ⁴) the quick figures come
+    from q and carry no one-sign figure."""
+    from neuralrg.analysis.latents import latents_under_p
+    from neuralrg.analysis.quick import format_rg, one_sign_r2, quick_rg_figures
+    from neuralrg.analysis.rg_organisation import r2_top_levels
+    from neuralrg.physics.phi4 import Phi4Target
+    from neuralrg.physics.wolff import exact_x_samples
+
+    torch.manual_seed(0)
+    t = IsingTarget(8, K_C)
+    flow = build_mera(t, precondition=True, skeleton="haar", n_couplings=2, hidden=8)
+    x, _ = exact_x_samples(t, 256, seed=3, dtype=flow.dtype)
+    got = one_sign_r2(flow, x, seed=5)
+    assert flow.z2 is False  # left as it was
+    flow.z2 = True
+    z, y = latents_under_p(flow, x, generator=torch.Generator().manual_seed(5 + 2))
+    flow.z2 = False
+    want = r2_top_levels(z, t.observables(y.double())["m"], flow.latent_levels, 1)
+    assert got["top1"] == pytest.approx(want, abs=1e-12)
+    rg = quick_rg_figures(flow, n_samples=512)
+    assert rg["r2_m_one_sign_top1"] > 0.95 and rg["r2_m_top1"] > 0.95
+    assert "one sign" in format_rg(rg)
+    phi = quick_rg_figures(build_mera(Phi4Target(4, 0.2, 0.5), n_couplings=1, hidden=4), n_samples=64)
+    assert phi["r2_m_one_sign_top1"] is None and "one sign" not in format_rg(phi)

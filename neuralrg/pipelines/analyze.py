@@ -34,7 +34,8 @@ are written as null. Keys of analysis.json:
   null for a flow without preconditioner (there ``response`` is already on x);
 * coarse_latents: ``latents.coarse_latent_correlations`` (corr of the top two levels' latents
   with m and the energy per site, |corr| and the Z2 note, R² of m and e on them);
-* rg_organisation: ``rg_organisation.rg_organisation`` (R²(m | top 1, 2 levels), fraction of
+* rg_organisation: ``rg_organisation.rg_organisation`` (R²(m | top 1, 2 levels), and as
+  r2_m_top_levels_one_sign the same within one sign of m, ``quick.one_sign_r2``; fraction of
   S(0) and S(k_min) explained linearly by the top 1, 2 levels, per-level MI ratio physical nn /
   same-level latents, radii and growth on y and x).
 
@@ -69,6 +70,7 @@ import torch
 from ..analysis.figures import (plot_landscape, plot_latent_stats, plot_mutual_information, plot_response_maps,
                                 plot_rg_levels)
 from ..analysis.landscape import free_energy_landscape
+from ..analysis.quick import one_sign_r2
 from ..analysis.latents import (MI_METHODS, coarse_latent_correlations, latents_under_p, level_moments,
                                 level_pair_statistics, physical_pair_statistics)
 from ..analysis.response import has_preconditioner, response_analysis
@@ -254,6 +256,7 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
     coarse = coarse_latent_correlations(z_cpu, obs_y["m"], obs_y["energy"], levels)
     rg = rg_organisation(z_cpu, y_cpu, obs_y["m"], levels, level_pairs=pairs, physical_pairs=physical,
                          method=methods[0], response=resp, response_physical=resp_x)
+    rg["r2_m_top_levels_one_sign"] = one_sign_r2(flow, x, seed)
     z_top = z_cpu[:, 0, 0].double().numpy()
     m_x = flow.target.observables(x_cpu.double())["m"].numpy()
     m_y = obs_y["m"].numpy()
@@ -363,6 +366,8 @@ def scalar_metrics(result: dict[str, Any]) -> dict[str, float]:
     if rg:
         for k, v in rg["r2_m_top_levels"].items():
             out[f"rg/r2_m_{k}"] = v
+        for k, v in (rg.get("r2_m_top_levels_one_sign") or {}).items():
+            out[f"rg/r2_m_one_sign_{k}"] = v
         for k, v in rg["structure_factor_explained"].items():
             if v:
                 out[f"rg/sk0_fraction_{k}"] = v["k0"]["fraction"]
@@ -516,7 +521,10 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"RG organisation: radius growth on {r.get('space', 'y')} {fmt(r['growth_factor_rms'], '.2f')}"
                      + (f", on x {fmt(rx['growth_factor_rms'], '.2f')}" if rx else "")
                      + f" (levels {r['fit_levels']}); R²(m | top 1, 2 levels) = "
-                     + ", ".join(fmt(rg["r2_m_top_levels"][k], ".3f") for k in ("top1", "top2")))
+                     + ", ".join(fmt(rg["r2_m_top_levels"][k], ".3f") for k in ("top1", "top2"))
+                     + " (within one sign of m: "
+                     + ", ".join(fmt((rg.get("r2_m_top_levels_one_sign") or {}).get(k), ".3f") for k in ("top1", "top2"))
+                     + ")")
         sk = rg["structure_factor_explained"]
         lines.append("  S(k) explained linearly by top 1, 2 levels: k = 0: "
                      + ", ".join(fmt(sk[k]["k0"]["fraction"] if sk[k] else None, ".3f") for k in ("top1", "top2"))
