@@ -92,6 +92,16 @@ class PlaquetteLayer(nf.flows.Flow):
         return self._transform(x, inverse=True)
 
 
+def _per_site(factory: Callable[..., nn.Module]) -> bool:
+    """Does ``factory`` (a block class or a functools.partial of one) build per-site blocks?"""
+    return bool(getattr(getattr(factory, "func", factory), "per_site", False))
+
+
+def _build(factory: Callable[..., nn.Module], grid_size: int) -> nn.Module:
+    """A fresh block; per-site block classes are told the layer's grid size."""
+    return factory(grid_size=grid_size) if _per_site(factory) else factory()
+
+
 def mera_layers(L: int, depth: int, new_block: Callable[[], nn.Module], *,
                 disentangler_repeats: int = 1, share_levels: bool = False,
                 skeleton: str = "none", new_decimator: Callable[[], nn.Module] | None = None
@@ -105,18 +115,24 @@ def mera_layers(L: int, depth: int, new_block: Callable[[], nn.Module], *,
     ``skeleton="haar"`` wraps every decimator block in ``HaarDecimator`` (fixed Haar mixing
     before the learned block, inference direction); a shared decimator block stays shared.
     ``new_decimator`` builds the decimators' blocks instead of ``new_block`` where given.
+    Block classes with ``per_site = True`` (``site``) are built with ``grid_size`` = the layer's
+    m = L/2^(k+1) plaquettes per side, and cannot be shared across levels.
     """
     haar = check_skeleton(skeleton) == "haar"
     new_decimator = new_decimator or new_block
+    if share_levels and (_per_site(new_block) or _per_site(new_decimator)):
+        raise ValueError("share_levels=true needs translation-invariant blocks: per-site blocks "
+                         "(neuralrg.flows.site) have parameters per plaquette, so levels cannot share them")
     shared_dis = [new_block() for _ in range(disentangler_repeats)] if share_levels else None
     shared_dec = new_decimator() if share_levels else None
     inference: list[PlaquetteLayer] = []  # x → z order
     for k in range(depth):
         d = 2 ** k
+        m = L // (2 * d)  # the layer's grid of plaquettes is m × m
         for r in range(disentangler_repeats):
-            blk = shared_dis[r] if share_levels else new_block()
+            blk = shared_dis[r] if share_levels else _build(new_block, m)
             inference.append(PlaquetteLayer(blk, d, 1, f"disentangler{k}.{r}"))
-        blk = shared_dec if share_levels else new_decimator()
+        blk = shared_dec if share_levels else _build(new_decimator, m)
         if haar:
             blk = HaarDecimator(blk)
         inference.append(PlaquetteLayer(blk, d, 0, f"decimator{k}"))
@@ -155,6 +171,9 @@ def transfer_mera_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
         a, b = src.config.get(key, defaults.get(key)), dst.config.get(key, defaults.get(key))
         if a != b:
             raise ValueError(f"cannot warm-start: {key} differs ({a!r} vs {b!r})")
+    if any(getattr(mod, "per_site", False) for mod in (*src.modules(), *dst.modules())) and src.L != dst.L:
+        raise ValueError(f"per-site blocks (neuralrg.flows.site) hold parameters per plaquette of one lattice "
+                         f"size: an L = {src.L} flow cannot warm-start an L = {dst.L} one")
     sb, db = blocks(src), blocks(dst)
     n_src = 1 + max(k for _, k, _ in sb)
     n_dst = 1 + max(k for _, k, _ in db)

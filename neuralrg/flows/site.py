@@ -1,0 +1,59 @@
+"""Plaquette couplings with parameters of their own at every plaquette: for disordered targets.
+
+The blocks of ``coupling`` and ``context`` are translation invariant: one set of weights serves
+every plaquette of a layer. That is right for uniform couplings, but a ±J glass has different
+bonds at every site, so the map from the latents to p is different at every site and a
+translation-invariant block can only learn its average. Here the conditioner's first layer of
+every coupling gets a learnable bias per plaquette, a tensor (m, m, width) for the layer's
+m × m grid of plaquettes (zero at the start, so the flow still starts as the identity). Its
+other weights stay shared, so the extra parameters are m²·width per coupling.
+
+The first layer is the ``ContextPlaquetteCoupling``'s (the 3×3 neighbourhood of plaquettes).
+Tensors are the grid (B, m, m, 4), log_det (B, m, m); ``forward`` is the generative direction.
+The grid size is fixed at construction (``grid_size``), so a flow with these blocks serves one L
+only, and levels cannot share blocks: ``mera_layers`` passes each layer's grid size to any
+block class with ``per_site = True``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .context import ContextPlaquetteBijector, ContextPlaquetteCoupling
+
+__all__ = ["SitePlaquetteCoupling", "SitePlaquetteBijector"]
+
+
+class SitePlaquetteCoupling(ContextPlaquetteCoupling):
+    """``ContextPlaquetteCoupling`` plus a learnable first-layer bias per plaquette, (m, m, width)."""
+
+    def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
+                 activation: str = "leaky_relu", grid_size: int = 1) -> None:
+        super().__init__(partition, hidden, scale_bound, activation)
+        self.grid_size = int(grid_size)
+        self.site_bias = nn.Parameter(torch.zeros(self.grid_size, self.grid_size, self.first.out_features))
+
+    def _first(self, y: torch.Tensor) -> torch.Tensor:
+        if tuple(y.shape[1:3]) != (self.grid_size, self.grid_size):
+            raise ValueError(f"this block was built for a {self.grid_size}×{self.grid_size} grid of plaquettes, "
+                             f"got {tuple(y.shape[1:3])}: per-site blocks serve the lattice size they were built for")
+        return super()._first(y) + self.site_bias
+
+
+class SitePlaquetteBijector(ContextPlaquetteBijector):
+    """``ContextPlaquetteBijector`` of ``SitePlaquetteCoupling``s for an m × m grid (``grid_size``).
+
+    ``PlaquetteBijector``'s arguments plus ``grid_size`` (≥ 1), which ``mera_layers`` supplies.
+    """
+
+    per_site = True
+
+    def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0,
+                 activation: str = "leaky_relu", grid_size: int = 1) -> None:
+        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
+            raise ValueError(f"grid_size must be an integer >= 1, got {grid_size!r}")
+        nn.Module.__init__(self)
+        self.couplings = nn.ModuleList(
+            SitePlaquetteCoupling(i, hidden, scale_bound, activation, grid_size) for i in range(n_couplings))
