@@ -437,9 +437,12 @@ def report(meta: dict) -> str:
     for key, label in (("ess_energy_ratio", "e"), ("ess_q2_ratio", "q²")):
         rs = [(r["case"], r["comparison"][key]) for r in records if key in r["comparison"]]
         if rs:
-            faster = [c for c, x in rs if x > 1]
+            tier = {r["case"]: r["comparison"].get("best_neural_tier") for r in records}
+            faster = [c for c, x in rs if x > 1 and tier.get(c) != "biased"]
+            biased = [c for c, x in rs if x > 1 and tier.get(c) == "biased"]
             lines.append(f"ESS/s({label}) best neural / baseline: median {float(np.median([x for _, x in rs])):.3g} "
-                         f"over {len(rs)} cases; > 1 in {len(faster)}{': ' + ', '.join(faster) if faster else ''}")
+                         f"over {len(rs)} cases; > 1 in {len(faster)}{': ' + ', '.join(faster) if faster else ''}"
+                         + (f" (not counted, no neural sampler agreeing: {', '.join(biased)})" if biased else ""))
     return "\n".join(lines)
 
 
