@@ -1,6 +1,6 @@
 """Latent HMC vs physical HMC vs flow Metropolis on one trained flow, same budget, one table.
 
-    python benchmarks/sampling_compare.py RUN_DIR [--chains 64] [--samples 400] [--warmup 150] [--latent-mass level]
+    python benchmarks/sampling_compare.py RUN_DIR [--chains 64] [--samples 400] [--warmup 150]
 
 RUN_DIR is a training run (e.g. the L = 16, K_c run of benchmarks/train_quality.py). All
 samplers get the same number of chains and kept trajectories (flow-Metropolis: proposals)
@@ -38,14 +38,12 @@ def main() -> None:
     ap.add_argument("--metropolis-samples", type=int, default=None)
     ap.add_argument("--no-symmetrize", action="store_true", help="sample with the plain (not Z2) flow")
     ap.add_argument("--samplers", nargs="+", default=["latent_hmc", "physical_hmc", "flow_metropolis"])
-    ap.add_argument("--latent-mass", default="identity", choices=["identity", "level"],
-                    help="latent HMC mass: identity, or a diagonal mass per RG level (latent.level_step_scales)")
     ap.add_argument("--tag", default="", help="suffix of the result file name, e.g. _silu_pc")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = dict(n_chains=args.chains, n_warmup=args.warmup, n_samples=args.samples, n_leapfrog=args.leapfrog,
                     step_size=0.1, target_accept=args.target_accept, block_levels=None)
-    per = {"latent_hmc": {"mass": args.latent_mass}} if "latent_hmc" in args.samplers else {}
+    per = {}
     if args.physical_samples:
         per["physical_hmc"] = {"n_samples": args.physical_samples}
     if args.metropolis_samples:

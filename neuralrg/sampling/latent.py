@@ -49,32 +49,3 @@ def latent_to_physical(flow: NeuralRGFlow, z: torch.Tensor, generator: torch.Gen
     """x = g(z) for a batch of latent states; with Z2 a random global sign per sample."""
     x = flow.forward(z)
     return random_sign(x, generator) if flow.z2 else x
-
-
-MASSES = ("identity", "level")
-
-
-def level_step_scales(flow: NeuralRGFlow, z: torch.Tensor, bounds: tuple[float, float] = (0.1, 10.0),
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-site step scales (L, L) for latent HMC with a diagonal mass matrix per RG level.
-
-    For each level k: s_k = c_k^(−1/2), clamped to ``bounds``, where c_k is the mean diagonal of
-    the Hessian of U over the chains' states z (C, L, L) and the level's sites, estimated by
-    Hutchinson's v ⊙ (H v) with one Rademacher v per chain (one Hessian-vector product). A perfect
-    flow has c_k = 1 on every level; a stiffer level gets a smaller step, a softer one a larger. HMC
-    on w = z/s with identity mass is HMC on z with mass diag(1/s²): exact for any fixed s.
-    """
-    zz = z.detach().clone().requires_grad_(True)
-    v = torch.randint(0, 2, z.shape, generator=generator, device=z.device).to(z.dtype) * 2 - 1
-    with torch.enable_grad():
-        (g,) = torch.autograd.grad(latent_potential(flow)(zz).sum(), zz, create_graph=True)
-        (hv,) = torch.autograd.grad((g * v).sum(), zz)
-    diag = (v * hv).detach()
-    levels = flow.latent_levels.to(z.device)
-    scales = torch.ones(levels.shape, dtype=z.dtype, device=z.device)
-    for k in range(int(levels.max()) + 1):
-        mask = levels == k
-        c = diag[:, mask].mean()
-        s = c.clamp_min(1e-12).rsqrt() if torch.isfinite(c) else torch.ones((), dtype=z.dtype, device=z.device)
-        scales[mask] = s.clamp(*bounds)
-    return scales

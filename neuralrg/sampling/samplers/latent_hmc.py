@@ -9,12 +9,12 @@ import torch
 from ...physics.target import LatticeTarget
 from ..chains import ChainRun, latent_outputs, thinned_observer
 from ..hmc import run_hmc
-from ..latent import MASSES, latent_potential, latent_to_physical, level_step_scales
+from ..latent import latent_potential, latent_to_physical
 from ..progress import Progress
 from ..registry import Sampler, check_settings
 
 DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, n_leapfrog=10, step_size=0.1, target_accept=0.8,
-                max_keep=2048, mass="identity")
+                max_keep=2048)
 
 
 def level_blocks(flow: Any, block_levels: Sequence[Sequence[int]]) -> list[torch.Tensor]:
@@ -39,38 +39,26 @@ def level_blocks(flow: Any, block_levels: Sequence[Sequence[int]]) -> list[torch
 def run_latent_hmc(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samples: int = 500,
                    step_size: float = 0.2, n_leapfrog: int = 10, target_accept: float = 0.8,
                    block_levels: Sequence[Sequence[int]] | None = None, max_keep: int = 2048,
-                   mass: str = "identity", generator: torch.Generator | None = None,
-                   progress: Progress | None = None, max_time: float | None = None) -> ChainRun:
+                   generator: torch.Generator | None = None, progress: Progress | None = None,
+                   max_time: float | None = None) -> ChainRun:
     """HMC on z with U(z), chains started from N(0, I); ``progress`` / ``max_time`` as in ``run_hmc``.
 
     ``block_levels`` e.g. [[3, 4], [0, 1, 2]] cycles through blocks of RG levels (one HMC
     move per block, each with its own adapted step size, the rest held fixed); None or []
-    moves all latents at once. ``mass``: "identity", or "level": a diagonal mass per RG level from
-    the mean Hessian diagonal of U at the chains' starts (``latent.level_step_scales``), so that stiff levels
-    (often the top one) take smaller steps and the rest larger ones; the step size adapted is then that
-    of w = z/s. The flow's parameters are frozen during the run.
+    moves all latents at once. The flow's parameters are frozen during the run.
     """
-    if mass not in MASSES:
-        raise ValueError(f"mass must be one of {list(MASSES)}, got {mass!r}")
     check_settings(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, step_size=step_size,
                    n_leapfrog=n_leapfrog, target_accept=target_accept, max_keep=max_keep)
     blocks = level_blocks(flow, block_levels) if block_levels else None
     z0 = torch.randn((n_chains, flow.L, flow.L), dtype=flow.dtype, device=flow.device, generator=generator)
+    observe, kept = thinned_observer(flow.target, generator, n_samples, n_chains, max_keep,
+                                     lambda z: latent_to_physical(flow, z, generator))
+
     with flow.frozen():  # gradients w.r.t. z only
-        scale = level_step_scales(flow, z0, generator=generator) if mass == "level" else None
-        potential = latent_potential(flow)
-        if scale is not None:  # HMC on w = z / s with identity mass = HMC on z with mass diag(1/s²)
-            u_z = potential
-            potential = lambda w: u_z(w * scale)  # noqa: E731
-        observe, kept = thinned_observer(flow.target, generator, n_samples, n_chains, max_keep,
-                                         lambda w: latent_to_physical(flow, w if scale is None else w * scale,
-                                                                      generator))
-        res = run_hmc(potential, z0 if scale is None else z0 / scale, n_warmup=n_warmup, n_samples=n_samples,
-                      step_size=step_size, n_leapfrog=n_leapfrog, target_accept=target_accept, blocks=blocks,
-                      observe=observe, generator=generator, progress=progress, max_time=max_time)
+        res = run_hmc(latent_potential(flow), z0, n_warmup=n_warmup, n_samples=n_samples, step_size=step_size,
+                      n_leapfrog=n_leapfrog, target_accept=target_accept, blocks=blocks, observe=observe,
+                      generator=generator, progress=progress, max_time=max_time)
     z = torch.cat(kept)[:max_keep]
-    if scale is not None:
-        z = z * scale
     x, log_q, energy = latent_outputs(flow, z, generator)
     name = "blocked_latent_hmc" if blocks else "latent_hmc"
     return ChainRun(name, dict(res.observables), x, z, log_q, energy,
@@ -78,9 +66,7 @@ def run_latent_hmc(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samp
                     res.warmup_time + res.sampling_time,
                     dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, n_leapfrog=n_leapfrog,
                          target_accept=target_accept, step_size=[float(s) for s in res.step_size],
-                         block_levels=[list(b) for b in block_levels] if blocks else None, mass=mass,
-                         level_step_scale=None if scale is None else [
-                             float(scale[flow.latent_levels == k][0]) for k in range(flow.n_levels)],
+                         block_levels=[list(b) for b in block_levels] if blocks else None,
                          accept_per_block=[float(a) for a in res.mean_accept]),
                     start=z0, partial=res.partial)
 
