@@ -171,7 +171,8 @@ def transfer_mera_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
         a, b = src.config.get(key, defaults.get(key)), dst.config.get(key, defaults.get(key))
         if a != b:
             raise ValueError(f"cannot warm-start: {key} differs ({a!r} vs {b!r})")
-    if any(getattr(mod, "per_site", False) for mod in (*src.modules(), *dst.modules())) and src.L != dst.L:
+    per_site = any(getattr(mod, "per_site", False) for f in (src, dst) for mod in f.flows.modules())
+    if per_site and getattr(src, "L", None) != getattr(dst, "L", None):
         raise ValueError(f"per-site blocks (neuralrg.flows.site) hold parameters per plaquette of one lattice "
                          f"size: an L = {src.L} flow cannot warm-start an L = {dst.L} one")
     sb, db = blocks(src), blocks(dst)
