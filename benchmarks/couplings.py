@@ -41,7 +41,8 @@ overrun. Then, with the Z2-symmetrised density (as ``sample.py`` uses by default
   C/2 pairs and ESS/s = (C/2)·T/(2τ)/time.
   The "best" neural sampler is the one with the highest ESS/s of q² (glass) or of the energy
   (others) among those whose energy is within 5σ of the exact one (glass: and whose q² is within
-  5σ of parallel tempering's) and whose τ_int window converged (else among those within 5σ, else the least biased; flagged † / ‡ in the table);
+  5σ of parallel tempering's) and whose τ_int window converged (else among those agreeing, else
+  the least biased; flagged † / ‡ in the table);
   the baseline row is picked the same way. ``--retable JSON`` recomputes this choice and the
   table from a result file without sampling again. All samplers are in the JSON.
 

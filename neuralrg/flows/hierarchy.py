@@ -172,9 +172,10 @@ def transfer_mera_weights(src: torch.nn.Module, dst: torch.nn.Module) -> int:
         if a != b:
             raise ValueError(f"cannot warm-start: {key} differs ({a!r} vs {b!r})")
     per_site = any(getattr(mod, "per_site", False) for f in (src, dst) for mod in f.flows.modules())
-    if per_site and getattr(src, "L", None) != getattr(dst, "L", None):
+    L_src, L_dst = getattr(src, "L", None), getattr(dst, "L", None)
+    if per_site and L_src != L_dst:
         raise ValueError(f"per-site blocks (neuralrg.flows.site) hold parameters per plaquette of one lattice "
-                         f"size: an L = {src.L} flow cannot warm-start an L = {dst.L} one")
+                         f"size: an L = {L_src} flow cannot warm-start an L = {L_dst} one")
     sb, db = blocks(src), blocks(dst)
     n_src = 1 + max(k for _, k, _ in sb)
     n_dst = 1 + max(k for _, k, _ in db)
