@@ -83,12 +83,15 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
     idx, acc = independence_metropolis(lw, generator)
     idx = idx[:, n_warmup:]
     chain_x = torch.gather(x_all, 1, idx[:, :, None, None].expand(-1, -1, L, L))
-    flat = chain_x.reshape(-1, L, L)
+    # observed step-major, whole steps per call: the target's observables see the C chains of one
+    # step side by side (the replica overlap pairs chain 2i with chain 2i+1 at the same step)
+    step_major = chain_x.transpose(0, 1)  # (T, C, L, L)
+    steps_per_call = max(1, batch_size // n_chains)
     obs: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, flat.shape[0], batch_size):
-        for k, v in obs_fn(flat[i:i + batch_size]).items():
+    for i in range(0, n_samples, steps_per_call):
+        for k, v in obs_fn(step_major[i:i + steps_per_call].reshape(-1, L, L)).items():
             obs.setdefault(k, []).append(v)
-    observables = {k: torch.cat(v).reshape(n_chains, n_samples) for k, v in obs.items()}
+    observables = {k: torch.cat(v).reshape(n_samples, n_chains).T for k, v in obs.items()}
     sync(lw)
     wall = time.perf_counter() - t0
     keep = keep_every(n_samples, n_chains, max_keep)
