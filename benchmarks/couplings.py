@@ -271,8 +271,8 @@ def pick_best(recs: dict[str, dict], kind: str, q2_ref: dict | None = None) -> t
     left its flow-sample start (flow Metropolis at 1 % acceptance) can show a short τ and a large
     ESS/s while missing the exact energy by tens of σ: that is not a fast sampler. ``q2_ref`` (the
     glass baseline's record): agreeing also needs q² within ``E_DEV_MAX`` σ of the baseline's (no
-    exact overlap exists), since a flow-Metropolis chain held in the region a mode-seeking flow covers
-    can get e right and q² wrong by a factor of 20."""
+    exact overlap exists beyond L = 4): a cross-check that caught flow Metropolis pairing two steps
+    of one chain as replicas (q² 20× too large; fixed in 1483c98) and keeps catching what e misses."""
     if not recs:
         return None, "none"
 
