@@ -317,3 +317,73 @@ def test_sample_and_analyze_pipelines_run_a_flow_at_another_size(tmp_path):
                           response={"n_latents": 1, "n_configs": 1})
     assert result["latent_levels"]["n_levels"] == 4  # the L = 8 hierarchy: levels 0..3
     assert len(result["level_stats"]) == 4
+
+
+def test_step_memory_is_linear_in_batch_and_measured():
+    """The probe's per-sample bytes predict what autograd saves at another batch size (exactly:
+    the saved tensors are linear in the batch), and grow ~4× from L = 16 to 32 (linear in N)."""
+    from neuralrg.training.memory import _saved_bytes, step_memory
+
+    torch.manual_seed(0)
+    flow = build_mera(IsingTarget(16, KC), **SMALL).to(F64)
+    mem = step_memory(flow)
+    assert mem.saved_per_sample > 0 and mem.parameter_bytes == 4 * 8 * sum(p.numel() for p in flow.parameters())
+    assert _saved_bytes(flow, 7) == mem.saved_fixed + 7 * mem.saved_per_sample
+    big = step_memory(build_mera(IsingTarget(32, KC), **SMALL).to(F64))
+    assert 3.5 < big.saved_per_sample / mem.saved_per_sample < 4.5
+    # float32 halves the saved bytes
+    assert step_memory(flow.to(torch.float32)).saved_per_sample * 2 == mem.saved_per_sample
+
+
+@pytest.mark.parametrize("value,bytes_", [("4GB", 4e9), ("512MiB", 512 * 2**20), ("1.5gib", 1.5 * 2**30),
+                                          (1000000, 1e6), ("2e9", 2e9), (None, None), ("off", math.inf)])
+def test_parse_memory(value, bytes_):
+    from neuralrg.training.memory import parse_memory
+
+    assert parse_memory(value) == bytes_
+
+
+@pytest.mark.parametrize("bad", ["4 parsecs", "-1GB", 0, "lots", True])
+def test_parse_memory_refuses_nonsense(bad):
+    from neuralrg.training.memory import parse_memory
+
+    with pytest.raises(ValueError, match="memory_limit must be a size like 4GB"):
+        parse_memory(bad)
+
+
+def test_a_batch_that_does_not_fit_is_refused_before_any_work(tmp_path):
+    """train.py's config check refuses a batch over memory_limit, naming the largest that fits, before
+    the run directory exists; that batch passes; memory_limit=off skips the check; a ladder is
+    checked at every rung before the first trains."""
+    from neuralrg.pipelines.validate import check_training_config
+    from neuralrg.training.memory import MARGIN, step_memory
+
+    run = tmp_path / "run"
+    cfg = compose_train(*QUIET, "target.L=32", "batch_size=4096", "memory_limit=64MiB", f"paths.run_dir={run}")
+    with pytest.raises(ValueError, match=r"batch_size=4096 at L = 32 needs about .* more than the 64 MiB of "
+                                         r"memory_limit: lower batch_size to (\d+) or less") as exc:
+        check_training_config(cfg)
+    assert not run.exists()
+    fits = int(str(exc.value).split("lower batch_size to ")[1].split()[0])
+    mem = step_memory(check_training_config(compose_train(*QUIET, "target.L=32", "memory_limit=off")))
+    assert mem.total(fits) * MARGIN <= 64 * 2**20 < mem.total(fits + 1) * MARGIN
+    check_training_config(compose_train(*QUIET, "target.L=32", f"batch_size={fits}", "memory_limit=64MiB"))
+    check_training_config(compose_train(*QUIET, "target.L=32", "batch_size=4096", "memory_limit=off"))
+    with pytest.raises(ValueError, match="memory_limit must be a size"):
+        check_training_config(compose_train(*QUIET, "memory_limit=plenty"))
+    with pytest.raises(ValueError, match=r"ladder rung L = 32: batch_size=2048 at L = 32 needs about"):
+        check_training_config(_ladder_cfg(tmp_path, "ladder.rungs=[8,16,32]", "ladder.steps=2",
+                                          "memory_limit=64MiB", "+ladder.per_rung.batch_size=[16,16,2048]"))
+
+
+def test_latent_hmc_chains_that_do_not_fit_are_refused_before_sampling(tmp_path):
+    from neuralrg.pipelines.sample import run_sampling
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_mera(IsingTarget(16, KC), **SMALL), tmp_path / "f.ckpt")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"n_chains of latent_hmc=4096 at L = 16 needs about .* lower n_chains "
+                                         r"of latent_hmc to \d+ or less"):
+        run_sampling(run=str(ckpt), samplers=["physical_hmc", "latent_hmc"], settings={"n_chains": 4096},
+                     out_dir=str(out), memory_limit="32MiB")
+    assert not out.exists()

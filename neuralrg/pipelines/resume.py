@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 #: top-level keys a resumed run may change; everything else must match the saved run
 RESUMABLE = ("steps", "eval_every", "eval_samples", "final_eval_samples", "trainer", "logger", "callbacks", "seed",
-             "paths", "hydra", "resume", "budget")
+             "paths", "hydra", "resume", "budget", "memory_limit", "threads")
 #: keys that only describe where/how this invocation runs
 IGNORED = ("paths", "hydra", "resume", "ckpt_path")
 RESUME_CONFIG_GLOB = "config.resume-*.yaml"

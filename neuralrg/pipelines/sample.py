@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from ..sampling.progress import Progress
 from ..sampling.registry import (available, check_common_keys, check_supported, get_sampler, resolve_settings,
                                  run_sampler, unsupported_reason)
 from ..spec import dtype_name
+from ..training.memory import check_step_memory, parse_memory
 from .cli import parse_duration
 from .runs import resolve_device, run_output_dir
 from .tracking import close_run, log_images, open_run, training_run_info, update_training_run
@@ -47,6 +49,8 @@ from .tracking import close_run, log_images, open_run, training_run_info, update
 log = logging.getLogger("neuralrg")
 
 COMPARE = ("latent_hmc", "physical_hmc", "flow_metropolis", "wolff")
+#: samplers whose chains differentiate through the flow: memory like a training step with n_chains samples
+GRADIENT_THROUGH_FLOW = ("latent_hmc", "latent_hmc_flow_mh", "blocked_latent_hmc")
 HEAVY_TAIL_ESS = 0.1  # flow-Metropolis runs below this importance-sampling ESS/M get a warning
 
 
@@ -95,7 +99,8 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
                  seed: int = 0, device: str = "auto", importance_samples: int = 0, figures: bool = True,
                  symmetrize: bool = True, per_sampler: dict[str, dict[str, Any]] | None = None,
                  max_time: float | str | None = None, progress: Progress | None = None,
-                 log_to: str = "none", wandb: dict[str, Any] | None = None) -> dict[str, Any]:
+                 log_to: str = "none", wandb: dict[str, Any] | None = None,
+                 memory_limit: Any = None) -> dict[str, Any]:
     """Run ``samplers`` (registry names) on the flow of ``run`` (run dir or .ckpt), write the outputs.
 
     ``symmetrize``: sample with the Z2-symmetrised flow q_sym (random global sign; latent HMC
@@ -110,7 +115,10 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
     ("10m", "90s", "1h" or seconds; also read from ``settings["max_time"]``), shared by the
     samplers in turn (each gets an equal share of what is left, after its warm-up) and stopped
     cleanly: partial results are flagged. ``progress``: a ``sampling.progress.Progress``.
-    ``log_to``: none | wandb (``wandb``: project / name / mode overrides). Returns the summary
+    ``log_to``: none | wandb (``wandb``: project / name / mode overrides). ``memory_limit``: the
+    samplers that differentiate through the flow (latent HMC and its variants) are refused before
+    they start when their chains would not fit (``training.memory``; null: the device's free
+    memory, off: no check). Returns the summary
     (plus ``out_dir``). Bad input raises ``ValueError`` (``CheckpointError`` for checkpoints)
     before anything is written.
     """
@@ -132,6 +140,11 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
         flow = load_flow(run, L=L, K=K, expect=expect, map_location=resolve_device(device))
     else:
         flow = load_flow_at(run, at_L, trained_L=L, K=K, expect=expect, map_location=resolve_device(device))
+    if parse_memory(memory_limit) != math.inf:
+        for name in samplers:
+            if name in GRADIENT_THROUGH_FLOW:
+                check_step_memory(flow, resolved[name]["n_chains"], memory_limit, device=flow.device,
+                                  what=f"n_chains of {name}")
     target = flow.target
     trained_z2 = flow.z2
     flow.z2 = (bool(symmetrize) and target.z2_symmetric) or trained_z2

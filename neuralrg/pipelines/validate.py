@@ -6,13 +6,17 @@ before Lightning is imported (``train.py``'s run-directory guard calls it).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import torch
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ..spec import parse_dtype
+from ..training.memory import check_step_memory, parse_memory
 from ..training.schedule import SCHEDULES
 
 
@@ -44,8 +48,22 @@ def check_training_config(cfg: DictConfig) -> Any:
     name = (cfg.get("scheduler") or {}).get("name", "constant")
     if name not in SCHEDULES:
         raise ValueError(f"scheduler name must be one of {SCHEDULES}, got {name!r}")
+    limit = parse_memory(cfg.get("memory_limit"))
     try:
         target = instantiate(cfg.target)
-        return instantiate(cfg.model)(target=target)
+        flow = instantiate(cfg.model)(target=target)
     except InstantiationException as exc:
         raise ValueError(instantiation_message(exc)) from None
+    if limit != math.inf:
+        check_step_memory(flow.to(parse_dtype(cfg.dtype)), cfg.batch_size, cfg.get("memory_limit"),
+                          device=run_device(cfg))
+    return flow
+
+
+def run_device(cfg: DictConfig) -> str:
+    """The device type a run of ``cfg`` will train on: cuda for trainer.accelerator gpu/cuda (or
+    auto with a GPU present), else cpu."""
+    acc = str((cfg.get("trainer") or {}).get("accelerator", "auto")).lower()
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
