@@ -11,7 +11,9 @@ float32) and measures, medians over ``--repeats``:
   sample per site;
 * one latent-HMC trajectory (``--leapfrog`` leapfrog steps) of ``--batch`` chains: ms and µs per
   chain per site;
-* the process's peak resident memory after both (MiB; includes Python + torch, ≈ 300 MiB).
+* the process's peak resident memory after both (MiB; includes Python + torch, ≈ 300 MiB), and the
+  growth of the peak over the training steps beside what ``neuralrg.training.memory.step_memory``
+  estimates for one step (the figure ``memory_limit`` checks, without its margin).
 
 Prints a table with the per-site costs relative to L = 16 (the issue's target: within 1.5× from
 L = 16 to L = 128) and writes benchmarks/results/scaling<tag>.json. Absolute times are of the
@@ -39,6 +41,7 @@ def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int) -> di
     from neuralrg import K_C, IsingTarget, build_mera
     from neuralrg.sampling.hmc import hmc_step, make_potential_and_grad
     from neuralrg.sampling.latent import latent_potential
+    from neuralrg.training.memory import step_memory
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -47,6 +50,8 @@ def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int) -> di
                       activation="silu")
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
     n_sites = L * L
+    rss_mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 (KiB on Linux)
+    before = rss_mib()
     step_ms = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
@@ -56,6 +61,8 @@ def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int) -> di
         opt.step()
         if i:
             step_ms.append(1000 * (time.perf_counter() - t0))
+    step_peak = rss_mib() - before
+    estimate = step_memory(flow).total(batch) / 2**20  # after the steps: its probes stay below their peak
     flow.eval()
     for p in flow.parameters():
         p.requires_grad_(False)
@@ -69,12 +76,13 @@ def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int) -> di
         z, U, grad, _, _ = hmc_step(z, U, grad, pg, step_size=0.1, n_leapfrog=leapfrog, generator=g)
         if i:
             traj_ms.append(1000 * (time.perf_counter() - t0))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    peak = rss_mib()
     step, traj = statistics.median(step_ms), statistics.median(traj_ms)
     return {"L": L, "N": n_sites, "params": sum(p.numel() for p in flow.parameters()), "batch": batch,
             "train_step_ms": step, "train_us_per_sample_site": 1000 * step / (batch * n_sites),
             "hmc_trajectory_ms": traj, "hmc_us_per_chain_site": 1000 * traj / (batch * n_sites),
-            "leapfrog": leapfrog, "peak_rss_mib": peak}
+            "leapfrog": leapfrog, "peak_rss_mib": peak, "train_step_peak_growth_mib": step_peak,
+            "train_step_estimate_mib": estimate}
 
 
 def main() -> None:
@@ -105,12 +113,12 @@ def main() -> None:
     ok = [r for r in rows if "error" not in r]
     ref = next((r for r in ok if r["L"] == 16), ok[0] if ok else None)
     print(f"{'L':>4} {'params':>8} {'step ms':>9} {'µs/(sample·site)':>17} {'vs L16':>7} {'traj ms':>9} "
-          f"{'µs/(chain·site)':>16} {'vs L16':>7} {'peak MiB':>9}")
+          f"{'µs/(chain·site)':>16} {'vs L16':>7} {'peak MiB':>9} {'step ΔMiB':>9} {'est. MiB':>9}")
     for r in ok:
         print(f"{r['L']:>4} {r['params']:>8} {r['train_step_ms']:9.1f} {r['train_us_per_sample_site']:17.2f} "
               f"{r['train_us_per_sample_site'] / ref['train_us_per_sample_site']:7.2f} {r['hmc_trajectory_ms']:9.1f} "
               f"{r['hmc_us_per_chain_site']:16.2f} {r['hmc_us_per_chain_site'] / ref['hmc_us_per_chain_site']:7.2f} "
-              f"{r['peak_rss_mib']:9.0f}")
+              f"{r['peak_rss_mib']:9.0f} {r['train_step_peak_growth_mib']:9.0f} {r['train_step_estimate_mib']:9.0f}")
     out = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
            "load_average_at_end": os.getloadavg(), "rows": rows}
     RESULTS.mkdir(exist_ok=True)
