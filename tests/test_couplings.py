@@ -478,8 +478,8 @@ def test_anisotropic_kaufman_beyond_the_transfer_matrix():
 
 def test_flow_metropolis_pairs_replicas_at_the_same_step():
     """The overlap pairs chain 2i with chain 2i+1 at the same step (not two steps of one chain,
-    which a rejected move makes identical and so q² ≈ 1): each recorded q2 equals the pair's value
-    recomputed from the chains' states, and ⟨q²⟩ agrees with the exact one (enumeration)."""
+    which a rejected move makes identical and so q² ≈ 1): both chains of a pair carry the same q2 at
+    every step (the old pairing fails this), and ⟨e⟩ and ⟨q²⟩ agree with the exact ones (enumeration)."""
     glass = IsingTarget(4, 0.3, disorder="pm_j", seed=3)  # warm enough for a tiny flow to accept ~20 %
     torch.manual_seed(0)
     flow = build_mera(glass, n_couplings=2, hidden=8, precondition=True).to(F64)

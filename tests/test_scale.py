@@ -382,8 +382,8 @@ def test_latent_hmc_chains_that_do_not_fit_are_refused_before_sampling(tmp_path)
     torch.manual_seed(0)
     ckpt = save_checkpoint(build_mera(IsingTarget(16, KC), **SMALL), tmp_path / "f.ckpt")
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"n_chains of latent_hmc=4096 at L = 16 needs about .* lower n_chains "
-                                         r"of latent_hmc to \d+ or less"):
+    with pytest.raises(ValueError, match=r"latent_hmc: n_chains=4096 at L = 16 needs about .* lower n_chains "
+                                         r"to \d+ or less"):
         run_sampling(run=str(ckpt), samplers=["physical_hmc", "latent_hmc"], settings={"n_chains": 4096},
                      out_dir=str(out), memory_limit="32MiB")
     assert not out.exists()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from ..sampling.progress import Progress
 from ..sampling.registry import (available, check_common_keys, check_supported, get_sampler, resolve_settings,
                                  run_sampler, unsupported_reason)
 from ..spec import dtype_name
-from ..training.memory import check_step_memory, parse_memory
+from ..training.memory import check_step_memory
 from .cli import parse_duration
 from .runs import resolve_device, run_output_dir
 from .tracking import close_run, log_images, open_run, training_run_info, update_training_run
@@ -140,11 +139,11 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
         flow = load_flow(run, L=L, K=K, expect=expect, map_location=resolve_device(device))
     else:
         flow = load_flow_at(run, at_L, trained_L=L, K=K, expect=expect, map_location=resolve_device(device))
-    if parse_memory(memory_limit) != math.inf:
-        for name in samplers:
-            if name in GRADIENT_THROUGH_FLOW:
-                check_step_memory(flow, resolved[name]["n_chains"], memory_limit, device=flow.device,
-                                  what=f"n_chains of {name}")
+    for name in (n for n in samplers if n in GRADIENT_THROUGH_FLOW):
+        try:
+            check_step_memory(flow, resolved[name]["n_chains"], memory_limit, device=flow.device, what="n_chains")
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
     target = flow.target
     trained_z2 = flow.z2
     flow.z2 = (bool(symmetrize) and target.z2_symmetric) or trained_z2

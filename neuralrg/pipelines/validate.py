@@ -6,7 +6,6 @@ before Lightning is imported (``train.py``'s run-directory guard calls it).
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -48,15 +47,14 @@ def check_training_config(cfg: DictConfig) -> Any:
     name = (cfg.get("scheduler") or {}).get("name", "constant")
     if name not in SCHEDULES:
         raise ValueError(f"scheduler name must be one of {SCHEDULES}, got {name!r}")
-    limit = parse_memory(cfg.get("memory_limit"))
+    parse_memory(cfg.get("memory_limit"))  # a bad setting is named before the flow is built
     try:
         target = instantiate(cfg.target)
         flow = instantiate(cfg.model)(target=target)
     except InstantiationException as exc:
         raise ValueError(instantiation_message(exc)) from None
-    if limit != math.inf:
-        check_step_memory(flow.to(parse_dtype(cfg.dtype)), cfg.batch_size, cfg.get("memory_limit"),
-                          device=run_device(cfg))
+    check_step_memory(flow.to(parse_dtype(cfg.dtype)), cfg.batch_size, cfg.get("memory_limit"),
+                      device=run_device(cfg))
     return flow
 
 

@@ -123,16 +123,17 @@ def check_step_memory(flow: Any, batch_size: int, limit: Any = None, *, device: 
     ``limit``: the ``memory_limit`` setting (``parse_memory``); null compares with the memory free
     on ``device`` (the device the run will use; the probe itself runs where the flow is). The
     message gives the estimate, the limit and the largest ``what`` that fits. Returns the figures
-    (bytes): estimate, limit (None if unknown), per_sample, max_batch."""
+    (bytes): estimate, limit (None if unknown), per_sample, max_batch (all None for ``off``)."""
     limit_b = parse_memory(limit)
+    if limit_b == math.inf:  # memory_limit=off: no probe
+        return {"estimate": None, "limit": None, "per_sample": None, "max_batch": None}
     source = "memory_limit"
     if limit_b is None:
         limit_b, source = available_memory(device), f"free memory on {torch.device(device)}"
     mem = step_memory(flow)
     need = mem.total(batch_size) * MARGIN
-    out = {"estimate": need, "limit": limit_b if limit_b is not None and math.isfinite(limit_b) else None,
-           "per_sample": mem.saved_per_sample, "max_batch": None}
-    if limit_b is None or not math.isfinite(limit_b):
+    out = {"estimate": need, "limit": limit_b, "per_sample": mem.saved_per_sample, "max_batch": None}
+    if limit_b is None:
         return out
     out["max_batch"] = mem.max_batch(limit_b)
     if need > limit_b:
