@@ -4,6 +4,7 @@ plaquette depends on its neighbours), float64 round trip and log-det against the
 Jacobian of the whole MERA, dtype following, and a config round trip."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from neuralrg.flows import build_flow, build_mera
 from neuralrg.flows.coupling import PARTITIONS
@@ -26,6 +27,19 @@ def test_identity_at_initialisation_on_every_grid_size():
         out, ld = b(y)
         assert ld.shape == (3, m, m)
         assert (out - y).abs().max() <= 1e-12 and ld.abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5])
+def test_first_layer_is_a_circular_3x3_convolution_of_the_conditioning_channels(m):
+    """The gathered first layer against conv2d with circular padding (weights (channel, di, dj))."""
+    y = grid(B=2, m=m, seed=m)
+    for p in range(6):
+        c = randomise(ContextPlaquetteCoupling(p, [8], activation="silu").to(DT), 0.5, p)
+        cond = list(PARTITIONS[p][1])
+        w = c.first.weight.detach().unflatten(1, (4, 3, 3))[:, cond]  # (width, 2, 3, 3)
+        x = y[..., cond].permute(0, 3, 1, 2)  # (B, 2, m, m)
+        ref = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), w, c.first.bias.detach()).permute(0, 2, 3, 1)
+        assert (c._first(y) - ref).abs().max() <= 1e-12
 
 
 def test_coupling_is_triangular_and_sees_its_neighbours():

@@ -17,23 +17,39 @@ log-scale, zero last layer = identity start) is ``PlaquetteCoupling``'s.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .coupling import PlaquetteBijector, PlaquetteCoupling
+from .coupling import PARTITIONS, PlaquetteBijector, PlaquetteCoupling
 
 __all__ = ["ContextPlaquetteCoupling", "ContextPlaquetteBijector"]
+
+
+@functools.lru_cache(maxsize=64)
+def neighbourhood_index(m: int, device: torch.device) -> torch.Tensor:
+    """Flat indices into an m×m torus of the 3×3 neighbourhood of every cell, shape (m·m·9,).
+
+    Order (i, j, di, dj): entry ((i·m + j)·3 + di)·3 + dj is the cell (i + di − 1, j + dj − 1) mod m.
+    """
+    i = torch.arange(m, device=device)
+    d = torch.arange(3, device=device) - 1
+    rows = (i[:, None, None, None] + d[None, None, :, None]) % m
+    cols = (i[None, :, None, None] + d[None, None, None, :]) % m
+    return (rows * m + cols).reshape(-1)
 
 
 class ContextPlaquetteCoupling(PlaquetteCoupling):
     """``PlaquetteCoupling`` whose first layer is a circular 3×3 convolution over the plaquette grid.
 
-    Input (B, m, m, 4). The convolution is a linear layer on the unfolded 3×3 neighbourhood (36
-    inputs; faster than ``conv2d`` on CPU at these sizes); the conditioning mask zeroes the
-    weights of the updated channels at every neighbour.
+    Input (B, m, m, 4). The convolution is a linear layer on the 3×3 neighbourhood: ``first.weight``
+    is (width, 36) in (channel, di, dj) order, and only the columns of the two conditioning channels
+    are used (the updated channels never enter). The neighbourhood is gathered with one index
+    (``neighbourhood_index``) from the conditioning channels alone: the same function as a circular
+    unfold of all four channels with masked weights, at about 2/3 of its cost on CPU.
     """
 
     def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
@@ -41,14 +57,14 @@ class ContextPlaquetteCoupling(PlaquetteCoupling):
         super().__init__(partition, hidden, scale_bound, activation)
         width = self.first.out_features
         self.first = nn.Linear(36, width)  # the 3×3 neighbourhood's 4 channels, (channel, di, dj) order
-        self.register_buffer("in_mask", self.in_mask.repeat_interleave(9), persistent=False)  # (36,)
+        self.cond = list(PARTITIONS[partition % len(PARTITIONS)][1])  # the two conditioning channels
 
     def _first(self, y: torch.Tensor) -> torch.Tensor:
         B, m = y.shape[0], y.shape[1]
-        g = torch.cat((y[:, -1:], y, y[:, :1]), dim=1)  # circular padding by one plaquette
-        g = torch.cat((g[:, :, -1:], g, g[:, :, :1]), dim=2)  # (B, m + 2, m + 2, 4)
-        nb = g.unfold(1, 3, 1).unfold(2, 3, 1).reshape(B, m, m, 36)  # (B, m, m, 4, 3, 3) flattened
-        return F.linear(nb, self.first.weight * self.in_mask, self.first.bias)
+        idx = neighbourhood_index(m, y.device)
+        nb = y[..., self.cond].reshape(B, m * m, 2)[:, idx].reshape(B, m, m, 18)  # (di, dj, channel) order
+        w = self.first.weight.unflatten(1, (4, 3, 3))[:, self.cond].permute(0, 2, 3, 1).reshape(-1, 18)
+        return F.linear(nb, w, self.first.bias)
 
 
 class ContextPlaquetteBijector(PlaquetteBijector):
