@@ -250,6 +250,17 @@ def test_data_training_improves_gap_then_switches(tmp_path):
     assert cap.steps[59]["train/forward_weight"] == 1.0 and cap.steps[60]["train/forward_weight"] == 0.5
 
 
+def test_data_weight_mixes_reverse_kl_into_the_data_phase(tmp_path):
+    before, s, cap = _train(tmp_path, "mixed", "steps=100", "loss.name=data", "loss.data_samples=1024",
+                            "loss.data_chains=32", "loss.data_weight=0.25")
+    assert s["status"] == "completed" and s["gap_per_site"] < before["gap_per_site"] / 2
+    last = cap.final
+    assert last["train/forward_weight"] == 0.25
+    for key in ("train/free_energy", "train/forward_kl", "train/forward_gap"):  # both terms were computed
+        assert key in last and math.isfinite(last[key]), key
+    assert "train/chain_mh_acceptance" not in last
+
+
 def test_nan_guard_covers_flow_mcmc(tmp_path, monkeypatch):
     energy = IsingTarget.energy
     state = {"bad": False}
@@ -283,6 +294,7 @@ def test_nan_guard_covers_flow_mcmc(tmp_path, monkeypatch):
     (["loss.name=data", "target=phi4", "target.L=4"], "loss.name=data.*not a Phi4Target"),
     (["loss.name=data", "target=ising_glass", "target.L=4"], "loss.name=data.*translation-invariant couplings"),
     (["loss.name=data", "loss.data_epochs=2", "loss.pretrain_steps=5"], "exclude each other"),
+    (["loss.name=data", "loss.data_weight=0"], r"loss.data_weight must be a number in \(0.0, 1.0\]"),
 ])
 def test_bad_loss_config_raises_value_error(tmp_path, overrides, words):
     with pytest.raises(ValueError, match=words):

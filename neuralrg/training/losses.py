@@ -7,7 +7,8 @@
   w follows a ``WeightSchedule``;
 * ``data``: maximum likelihood −mean ln q(x) on exact samples of p (``ExactIsingData``: Ising
   relaxation only), for ``pretrain_steps`` steps, then ``after`` (reverse_kl or flow_mcmc) takes
-  over (``pretrain_steps: null``: data for the whole run).
+  over (``pretrain_steps: null``: data for the whole run); ``data_weight`` w < 1 mixes the
+  reverse KL into the data phase: (1 − w)·reverse KL + w·forward KL on the data.
 
 All quantities are totals over the lattice (not per site), natural log. ``LossConfig`` validates
 the ``loss:`` node of ``conf/train.yaml`` and raises ``ValueError`` naming the bad key.
@@ -137,6 +138,7 @@ class LossConfig:
     data_batch_size: int | None = None
     data_epochs: float | None = None
     pretrain_steps: int | None = None
+    data_weight: float = 1.0
     after: str = "reverse_kl"
 
     def __post_init__(self) -> None:
@@ -145,6 +147,7 @@ class LossConfig:
         if self.after not in AFTER_NAMES:
             raise ValueError(f"loss.after must be one of {AFTER_NAMES}, got {self.after!r}")
         _check_float(self.forward_weight, "forward_weight", 0.0, 1.0)
+        _check_float(self.data_weight, "data_weight", 0.0, 1.0, lo_open=True)
         if not isinstance(self.schedule, dict):
             raise ValueError(f"loss.schedule must be a mapping, got {self.schedule!r}")
         self.weight_schedule()  # validates

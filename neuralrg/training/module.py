@@ -242,7 +242,7 @@ class FlowModule(pl.LightningModule):
         return loss.detach()
 
     def _forward_kl_step(self, objective: str, step: int):
-        """Loss (1 − w)·reverse KL + w·forward KL of a ``flow_mcmc`` or ``data`` step (w = 1).
+        """Loss (1 − w)·reverse KL + w·forward KL of a ``flow_mcmc`` or ``data`` step (w = loss.data_weight).
 
         Returns (loss, per-sample ln q + E of the flow batch or None, x for the fingerprint,
         {name: per-sample values} for the NaN report, {name: value} logged under train/).
@@ -255,8 +255,13 @@ class FlowModule(pl.LightningModule):
         proposals = None
         if objective == "data":
             data = self._ensure_data()
-            w, f, reverse, parts = 1.0, None, None, {}
+            w, f, reverse, parts = self.loss_cfg.data_weight, None, None, {}
             x = x_fwd = data.batch(self.loss_cfg.data_batch(self.batch_size), flow.device, flow.dtype)
+            if w < 1.0:
+                log_q, energy, x = self.free_energy_terms(self.batch_size)
+                f = log_q + energy
+                reverse = f.mean()
+                parts = {"x": x.flatten(1).sum(1), "ln q(x)": log_q, "E(x)": energy}
             with torch.no_grad():
                 e_fwd = flow.target.energy(x_fwd)
             extra["data_epoch"] = float(data.epoch)
