@@ -3,6 +3,7 @@
     python benchmarks/step_time.py                 # full table (L = 8, 16, 32; batch 256, 1024; 1 and 2 threads)
     python benchmarks/step_time.py --quick         # L = 16, batch 256 only
     python benchmarks/step_time.py --quick --out benchmarks/results/step_time_quick.json
+    python benchmarks/step_time.py --quick --threads 1 --models "mera context" --repeats 15   # one model, one thread
 
 Prints a table (ms/step, samples/s, parameters) and writes benchmarks/results/step_time.json.
 Reference (issue 3): a straightforward implementation (10 couplings/block, MLP width 10,
@@ -22,9 +23,12 @@ import torch
 
 from neuralrg import K_C, IsingTarget, build_flat, build_mera
 
+CONTEXT = "neuralrg.flows.context.ContextPlaquetteBijector"
 REFERENCE_MS = 510.0  # L = 16, batch 256, 2 threads (issue 3)
 MODELS = {
     "mera (default)": lambda t: build_mera(t, activation="silu", precondition=True),  # conf/model/mera.yaml
+    "mera context": lambda t: build_mera(t, block=CONTEXT, activation="silu", precondition=True,
+                                         skeleton="haar"),  # conf/model/mera_context.yaml (L >= 16 presets)
     "mera leaky": lambda t: build_mera(t),  # leaky_relu, no preconditioner (the builder's defaults)
     "flat baseline": lambda t: build_flat(t),
 }
@@ -48,15 +52,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 1 2, --quick: 2)")
+    ap.add_argument("--models", nargs="+", default=None, choices=sorted(MODELS), help="default: all")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_time.json"))
     args = ap.parse_args()
     Ls, batches, threads = ([16], [256], [2]) if args.quick else ([8, 16, 32], [256, 1024], [1, 2])
+    threads = args.threads or threads
+    models = {k: v for k, v in MODELS.items() if args.models is None or k in args.models}
     rows = []
     header = f"{'model':<16} {'L':>3} {'batch':>5} {'thr':>3} {'params':>7} {'ms/step':>9} {'samples/s':>10} {'vs 510ms':>8}"
     print(header)
     for L in Ls:
         target = IsingTarget(L, K_C)
-        for name, build in MODELS.items():
+        for name, build in models.items():
             torch.manual_seed(0)
             flow = build(target)
             for batch in batches:

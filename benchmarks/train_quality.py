@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from omegaconf import OmegaConf
 from neuralrg.analysis.quick import format_rg, quick_rg_figures
 from neuralrg.sampling.importance import evaluate_flow
 from neuralrg.training.data import StepIndices
+from neuralrg.pipelines.budget import measure_step_time, objective_phases, steps_that_fit, training_device
 from neuralrg.pipelines.train import build_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,27 +96,15 @@ def compose_cfg(L: int, overrides: list[str], run_dir: Path):
                                            "callbacks=minimal", f"paths.run_dir={run_dir}", *overrides])
 
 
-def probe_step_seconds(cfg, n_warmup: int = 5, n: int = 5) -> float:
-    """Median seconds per optimizer step, on the device training will use, after ``n_warmup``
-    untimed steps (on a GPU the first steps build FFT plans and fill the allocator's cache)."""
+def probe_step_seconds(cfg) -> list[tuple[int, float]]:
+    """[(first step, seconds per step)] of each objective phase of the run (one phase unless a data
+    phase hands over to another objective), on the device training will use, each after 5 untimed
+    warm-up steps (on a GPU the first steps build FFT plans and fill the allocator's cache)."""
     module = build_module(cfg)
-    accel = str(cfg.trainer.get("accelerator", "auto"))
-    device = torch.device("cuda" if torch.cuda.is_available() and accel in ("auto", "gpu", "cuda") else "cpu")
+    device = training_device(cfg)
     module.to(device)
     opt = instantiate(cfg.optimizer)(module.flow.parameters())
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    ts = []
-    for i in range(n_warmup + n):
-        sync()
-        t = time.perf_counter()
-        f, _ = module.free_energy_samples(cfg.batch_size)
-        opt.zero_grad()
-        f.mean().backward()
-        opt.step()
-        sync()
-        if i >= n_warmup:
-            ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    return [(k, measure_step_time(module, opt, device, step=k, warmup=5, probe=5)) for k in objective_phases(module)]
 
 
 def run_quality(L: int, minutes: list[float], overrides: list[str], eval_samples: int, threads: int,
@@ -125,14 +113,16 @@ def run_quality(L: int, minutes: list[float], overrides: list[str], eval_samples
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir = RESULTS / "runs" / f"L{L}{tag}_{stamp}_{os.getpid()}"
     cfg = compose_cfg(L, overrides, run_dir)
-    step_s = probe_step_seconds(cfg)
+    phases = probe_step_seconds(cfg)
+    step_s = phases[0][1]
     budget = 60 * max(minutes)
-    steps = max(10, int(budget / (step_s * 1.04)))  # Lightning and checkpoint overhead margin
+    steps = max(10, steps_that_fit(budget / 1.04, phases))  # Lightning and checkpoint overhead margin
     OmegaConf.set_struct(cfg, False)
     cfg.steps = steps
     cfg.eval_every = max(100, steps // 20)
     cfg.steps_per_epoch = cfg.eval_every
-    print(f"L = {L}: probe {1000 * step_s:.1f} ms/step -> {steps} steps for {max(minutes)} min; run dir {run_dir}")
+    probe_ms = " then ".join(f"{1000 * t:.1f}" for _, t in phases)
+    print(f"L = {L}: probe {probe_ms} ms/step -> {steps} steps for {max(minutes)} min; run dir {run_dir}")
     pl.seed_everything(cfg.seed, verbose=False)
     module = build_module(cfg)
     marks = WallClockMarks([60 * m for m in minutes], eval_samples)

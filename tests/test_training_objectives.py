@@ -306,3 +306,28 @@ def test_default_is_reverse_kl():
     assert cfg.loss.name == "reverse_kl"
     module = build_module(cfg)
     assert module.loss_cfg.name == "reverse_kl" and module.chains is None
+
+
+# --- budget planning across objective phases -----------------------------------------------------
+
+def test_steps_that_fit_counts_phase_by_phase():
+    from neuralrg.pipelines.budget import steps_that_fit
+    assert steps_that_fit(5.0, [(0, 0.25)]) == 20
+    assert steps_that_fit(-1.0, [(0, 0.25)]) == 0
+    # 10 data steps of 1 s, then 0.25 s a step: 20 s -> 10 + 40
+    assert steps_that_fit(20.0, [(0, 1.0), (10, 0.25)]) == 50
+    assert steps_that_fit(7.5, [(0, 1.0), (10, 0.25)]) == 7  # the budget ends inside the first phase
+    assert steps_that_fit(20.0, [(5, 1.0), (10, 0.25)]) == 5 + 60  # a resumed run: phase 1 has 5 steps left
+
+
+def test_budget_probes_every_objective_phase(tmp_path):
+    from neuralrg.pipelines.budget import objective_phases, plan_budget
+    assert objective_phases(build_module(make_cfg(run_dir=tmp_path / "a"))) == [0]
+    data = ("loss.name=data", "loss.data_samples=256", "loss.data_chains=16", "loss.pretrain_steps=40")
+    module = build_module(make_cfg(*data, run_dir=tmp_path / "b"))
+    assert objective_phases(module) == [0, 40] and objective_phases(module, 50) == [50]
+    assert objective_phases(build_module(make_cfg(*data[:3], run_dir=tmp_path / "c"))) == [0]  # data all run
+    cfg = make_cfg(*data, "loss.data_weight=0.5", "eval_every=0", "final_eval_samples=64", run_dir=tmp_path / "d")
+    plan = plan_budget(cfg, 60.0, build_module)
+    times = plan["phase_step_times_s"]
+    assert list(times) == [0, 40] and plan["step_time_s"] == times[0] and min(times.values()) > 0

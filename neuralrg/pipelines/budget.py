@@ -1,14 +1,15 @@
 """``train.py budget=10m``: size the run (steps, hence the learning-rate schedule) to a wall-clock budget.
 
-``plan_budget`` measures one optimizer step on the training device (a few untimed warm-up
-steps, then timed probe steps of a throw-away copy of the model, CUDA-synchronised) and the
-cost per evaluation sample, then solves
+``plan_budget`` measures one optimizer step of the configured objective on the training device
+(a few untimed warm-up steps, then timed probe steps of a throw-away copy of the model,
+CUDA-synchronised) and the cost per evaluation sample, then solves
 
     budget·(1 − reserve) − probe − final evaluation = steps · (t_step + eval_samples·t_eval / eval_every)
 
-for ``steps``. ``reserve`` (10 %) covers Lightning's set-up, checkpoints and figures. The probe
-times a reverse-KL step; other objectives (flow_mcmc, data) cost more per step, and then
-``trainer.max_time`` (set to the fit's share of the budget) is the safety net.
+for ``steps``. ``reserve`` (10 %) covers Lightning's set-up, checkpoints and figures. A run whose
+objective changes part-way (``loss.name=data`` with a data phase, then ``loss.after``) is timed in
+both phases and the steps are counted phase by phase. ``trainer.max_time`` (the fit's share of the
+budget) is the safety net.
 """
 from __future__ import annotations
 
@@ -38,14 +39,15 @@ def training_device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda") if acc in ("auto", "gpu", "cuda") and torch.cuda.is_available() else torch.device("cpu")
 
 
-def measure_step_time(module: Any, optimizer: torch.optim.Optimizer, device: torch.device, batch_size: int,
+def measure_step_time(module: Any, optimizer: torch.optim.Optimizer, device: torch.device, step: int = 0,
                       warmup: int = 2, probe: int = 5, max_seconds: float = float("inf")) -> float:
-    """Seconds per reverse-KL optimizer step of ``module`` (a ``FlowModule``) on ``device``:
-    ``warmup`` untimed steps (allocator, kernels), then the mean of ``probe`` timed ones; after
-    ``max_seconds`` each phase stops early (at least one untimed and one timed step)."""
-    def step() -> None:
-        log_q, energy, _ = module.free_energy_terms(batch_size)
-        loss = (log_q + energy).mean()
+    """Seconds per optimizer step of ``module`` (a ``FlowModule``) on ``device``, with the loss of
+    global step ``step`` (``FlowModule.step_loss``: the objective configured for that step):
+    ``warmup`` untimed steps (allocator, kernels, a data set or chains made on first use), then the
+    mean of ``probe`` timed ones; after ``max_seconds`` each phase stops early (at least one untimed
+    and one timed step)."""
+    def one() -> None:
+        loss = module.step_loss(step)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.flow.parameters(), 10.0)
@@ -53,19 +55,42 @@ def measure_step_time(module: Any, optimizer: torch.optim.Optimizer, device: tor
 
     t_start = time.perf_counter()
     for _ in range(warmup):
-        step()
+        one()
         if time.perf_counter() - t_start > max_seconds / 2:
             break
     _sync(device)
     t0 = time.perf_counter()
     n = 0
     while n < probe:
-        step()
+        one()
         n += 1
         _sync(device)
         if time.perf_counter() - t_start > max_seconds:
             break
     return (time.perf_counter() - t0) / n
+
+
+def objective_phases(module: Any, done_steps: int = 0) -> list[int]:
+    """First global steps of the objective phases a run from ``done_steps`` goes through: [done_steps],
+    plus the step where a data phase hands over to ``loss.after`` if that comes later."""
+    cfg, batch = module.loss_cfg, int(module.batch_size)
+    switch = cfg.data_steps(batch)
+    if switch and switch > done_steps and cfg.objective(switch, batch) != cfg.objective(done_steps, batch):
+        return [done_steps, int(switch)]
+    return [done_steps]
+
+
+def steps_that_fit(seconds: float, phases: list[tuple[int, float]]) -> int:
+    """Optimizer steps that fit ``seconds``, given ``phases`` = [(first step, seconds per step), ...]
+    in increasing order of first step (the last phase lasts to the end of the run)."""
+    n, left = 0, seconds
+    for i, (start, per) in enumerate(phases):
+        length = phases[i + 1][0] - start if i + 1 < len(phases) else math.inf
+        k = min(length, math.floor(max(left, 0.0) / per))
+        n, left = n + int(k), left - k * per
+        if k < length:
+            break
+    return n
 
 
 def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictConfig], Any],
@@ -74,15 +99,18 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
 
     ``build_module(cfg)`` builds a throw-away ``FlowModule`` for the probe; ``done_steps``: steps
     already in the checkpoint of a resumed run (the plan adds to them). Returns the plan
-    (budget_s, device, step_time_s, eval_time_per_sample_s, final_eval_s, probe_s, steps,
-    max_time_s); ValueError if not even one step fits.
+    (budget_s, device, step_time_s of the first phase, phase_step_times_s {first step: seconds per
+    step}, eval_time_per_sample_s, final_eval_s, probe_s, steps, max_time_s); ValueError if not
+    even one step fits.
     """
     t_start = time.perf_counter()
     device = training_device(cfg)
     module = build_module(cfg).to(device)
     module.flow.train()
     optimizer = instantiate(cfg.optimizer)(module.flow.parameters())
-    t_step = measure_step_time(module, optimizer, device, int(cfg.batch_size), max_seconds=PROBE_SHARE * budget_s)
+    starts = objective_phases(module, done_steps)
+    t_steps = [measure_step_time(module, optimizer, device, step=k, max_seconds=PROBE_SHARE * budget_s / len(starts))
+               for k in starts]
     n_eval = 512
     module.flow.eval()
     _sync(device)
@@ -99,13 +127,14 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     probe = time.perf_counter() - t_start
     fit_s = budget_s * (1.0 - RESERVE) - probe - final_eval
     eval_every = int(cfg.eval_every)
-    per_step = t_step + (int(cfg.eval_samples) * t_eval / eval_every if eval_every > 0 else 0.0)
-    steps = math.floor(fit_s / per_step) if fit_s > 0 else 0
+    per_eval = int(cfg.eval_samples) * t_eval / eval_every if eval_every > 0 else 0.0
+    steps = steps_that_fit(fit_s, [(k, t + per_eval) for k, t in zip(starts, t_steps)])
     if steps < 1:
         raise ValueError(f"budget={budget_s:.0f} s leaves no time to train: the probe took {probe:.1f} s, a step "
-                         f"{t_step:.3g} s and the final evaluation ~{final_eval:.1f} s; give a larger budget "
+                         f"{t_steps[0]:.3g} s and the final evaluation ~{final_eval:.1f} s; give a larger budget "
                          "or smaller final_eval_samples")
-    return {"budget_s": budget_s, "device": str(device), "step_time_s": t_step, "eval_time_per_sample_s": t_eval,
+    return {"budget_s": budget_s, "device": str(device), "step_time_s": t_steps[0],
+            "phase_step_times_s": dict(zip(starts, t_steps)), "eval_time_per_sample_s": t_eval,
             "final_eval_s": final_eval, "probe_s": probe, "steps": done_steps + steps,
             "planned_new_steps": steps, "max_time_s": fit_s * (1.0 + RESERVE)}
 

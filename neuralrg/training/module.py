@@ -182,19 +182,24 @@ class FlowModule(pl.LightningModule):
         """True if ``value`` is finite on every rank (a lone rank raising would hang DDP)."""
         return bool(self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(value)), all=True))
 
+    def step_loss(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, dict, dict]:
+        """The loss of global step ``step`` under the configured objective, as ``training_step``
+        computes it (budget probes time it too): (loss, per-sample ln q + E of the flow batch or
+        None, x for the fingerprint, {name: per-sample values} for the NaN report, {name: value}
+        logged under train/). A ``flow_mcmc`` step advances the chains."""
+        objective = self.loss_cfg.objective(step, self.batch_size)
+        if objective != "reverse_kl":
+            return self._forward_kl_step(objective, step)
+        log_q, energy, x = self.free_energy_terms(self.batch_size)
+        f = log_q + energy
+        return f.mean(), f, x, {"x": x.flatten(1).sum(1), "ln q(x)": log_q, "E(x)": energy}, {}
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
         sched = self.lr_schedulers()
         step = self.global_step
         objective = self.loss_cfg.objective(step, self.batch_size)
-        extra: dict[str, float | torch.Tensor] = {}
-        if objective == "reverse_kl":
-            log_q, energy, x = self.free_energy_terms(self.batch_size)
-            f: torch.Tensor | None = log_q + energy
-            loss = f.mean()
-            parts = {"x": x.flatten(1).sum(1), "ln q(x)": log_q, "E(x)": energy}
-        else:
-            loss, f, x, parts, extra = self._forward_kl_step(objective, step)
+        loss, f, x, parts, extra = self.step_loss(step)
         if self.sample_fingerprint is None:
             self.sample_fingerprint = float(x.detach()[0].sum())
         if not self._all_ranks_finite(loss):
