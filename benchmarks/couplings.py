@@ -12,9 +12,9 @@ Cases:
   parallel tempering is still easy, and 1.0) and bond ``--seeds`` (default 0 1 2). Exact ln Z, e
   from the row transfer matrix (``IsingTarget.exact()``; ~40 s at L = 12 on one core), counted in
   the case's wall time but computed before training: the training step reads ``target.log_z``,
-  which would otherwise run the transfer matrix inside the first timed step. ``build_mera``
-  needs L a power of two: L = 12 gets the flat RealNVP (``model=flat`` with the Gaussian
-  preconditioner and silu couplings, like the MERA default).
+  which would otherwise run the transfer matrix inside the first timed step. L = 12 = 4·3 gets
+  the MERA with two RG levels and a 3×3 grid of top latents (``build_mera`` takes L = 2^n·c); an
+  odd L the flat RealNVP (``model=flat`` with the Gaussian preconditioner and silu couplings).
 * ``afm``: ``experiment=afm_L16`` (K = −K_c, exact via Kaufman and the sublattice gauge).
 * ``aniso``: ``experiment=aniso_L16`` (K_x = 0.6, K_y = 0.3108 ≈ K_x/2: the point of the critical
   line sinh 2K_x sinh 2K_y = 1 with K_x = 0.6); exact via the anisotropic Kaufman solution
@@ -113,8 +113,9 @@ class Case:
 
 
 def model_overrides(L: int) -> list[str]:
-    """The default MERA where L is a power of two; else the flat RealNVP with the preconditioner."""
-    if L & (L - 1) == 0:
+    """The default MERA where L is even (L = 2^n·c: n levels, c×c top latents); else the flat RealNVP
+    with the preconditioner (which needs an even L too: it refuses an odd one with a clear error)."""
+    if L % 2 == 0:
         return []
     return ["model=flat", "model.precondition=true", "model.activation=silu"]
 

@@ -133,8 +133,25 @@ def test_identity_at_initialisation():
     assert torch.equal(x, z) and torch.all(ld == 0)
 
 
+@pytest.mark.parametrize("L,block", [(6, None), (12, None), (12, "neuralrg.flows.context.ContextPlaquetteBijector")])
+def test_mera_on_lattices_that_are_not_powers_of_two(L, block):
+    """L = 2^n·c (c odd): n levels of plaquettes, the top level a c×c grid of latents; exact in float64."""
+    f = randomise(build_mera(IsingTarget(L, KC), block=block, n_couplings=4, hidden=8, activation="silu",
+                             precondition=True, skeleton="haar").to(torch.float64))
+    n, c = {6: (1, 3), 12: (2, 3)}[L]
+    assert f.config["depth"] == n
+    levels = f.latent_levels
+    assert [int((levels == k).sum()) for k in range(n + 1)] == [3 * (L >> (k + 1)) ** 2 for k in range(n)] + [c * c]
+    z = torch.randn(2, L, L, dtype=torch.float64, generator=torch.Generator().manual_seed(L))
+    x, ld = f.forward_and_log_det(z)
+    z_back, ld_inv = f.inverse_and_log_det(x)
+    assert (z_back - z).abs().max() <= 1e-12 and (ld + ld_inv).abs().max() <= 1e-10
+    assert abs(ld[0].item() - _jacobian_logdet(f, z[:1]).item()) < 1e-8 and abs(ld[0].item()) > 1e-3
+
+
 @pytest.mark.parametrize("kw,name", [
-    (dict(L=6), "L"), (dict(L=8, depth=4), "depth"), (dict(L=8, n_couplings=0), "n_couplings"),
+    (dict(L=5), "needs an even L"), (dict(L=12, depth=3), "depth must be between 1 and 2"),
+    (dict(L=8, depth=4), "depth"), (dict(L=8, n_couplings=0), "n_couplings"),
     (dict(L=8, hidden=0), "hidden"), (dict(L=8, depth=0), "depth"),
 ])
 def test_bad_configuration(kw, name):

@@ -141,6 +141,23 @@ def test_untrained_haar_flow_decorrelates_an_exact_gaussian_target():
     assert sk_none["k0"]["fraction"] < 0.2  # 4 sites of y out of 64 carry 4/64 of the zero mode
 
 
+def test_untrained_haar_flow_whitens_a_gaussian_target_at_l12():
+    """L = 12 = 4·3: two Haar levels and a 3×3 grid of top latents, still independent N(0, 1)."""
+    L = 12
+    t = GaussianTarget(L)
+    f = build_mera(t, precondition=True, skeleton="haar").double()
+    assert f.config["depth"] == 2 and int((f.latent_levels == 2).sum()) == 9
+    x = t.sample_exact(6000, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        zf = f.inverse(x).reshape(len(x), -1)
+    C = (zf.T @ zf) / len(zf)
+    assert (C - torch.eye(L * L, dtype=F64)).abs().max() < 5.0 * math.sqrt(2.0 / len(zf))
+    # the top latents are the 4×4 block sums of y = A^{-1/2} x, divided by 4
+    y = t.ising.apply_coupling_power(x, -0.5)
+    blocks = y.reshape(len(x), 3, 4, 3, 4).sum((2, 4)) / 4
+    torch.testing.assert_close(zf.reshape(len(x), L, L)[:, ::4, ::4], blocks, rtol=1e-10, atol=1e-10)
+
+
 def test_haar_responses_are_wavelets_with_radius_doubling_and_cones_unchanged():
     L = 16
     t = IsingTarget(L, K_C)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from numbers import Integral
 from collections.abc import Mapping
 from typing import Any, Callable, Sequence
@@ -168,9 +167,10 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
                n_couplings: int | None = None,
                hidden: int | Sequence[int] | None = None, n_hidden_layers: int | None = None,
                scale_bound: float | None = None, activation: str | None = None) -> NeuralRGFlow:
-    """The hierarchical NeuralRG flow for ``target`` (L a power of two).
+    """The hierarchical NeuralRG flow for ``target``: L = 2^n·c with c odd and n ≥ 1.
 
-    depth: RG levels (default log2 L, the full hierarchy); block: the plaquette block (see
+    depth: RG levels (default n, the full hierarchy: log2 L for a power of two, whose top level
+    is one latent; otherwise the top level is a c×c grid of latents, e.g. 3×3 at L = 12); block: the plaquette block (see
     ``block_spec``; default ``PlaquetteBijector``), with n_couplings / hidden / n_hidden_layers
     / scale_bound / activation as shorthand for its arguments; disentangler_repeats:
     disentangler layers per level; share_levels: one set of blocks for all levels; z2:
@@ -182,11 +182,14 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
     decimator_block: another block for the decimators, which define the latents (None: ``block``;
     a class path takes the main block's n_couplings / hidden / scale_bound / activation).
     """
-    L = check_lattice_size(target.L, power_of_two=True)
-    n = int(math.log2(L))
+    L = check_lattice_size(target.L)
+    n = (L & -L).bit_length() - 1  # factors of two in L: L = 2^n·c with c odd
+    if n == 0:
+        raise ValueError(f"the MERA needs an even L (L = 2^n·c: n RG levels of 2×2 plaquettes, a c×c grid of "
+                         f"top latents), got L = {L}; model=flat takes any even L")
     depth = n if depth is None else _positive_int(depth, "depth")
     if depth > n:
-        raise ValueError(f"depth must be between 1 and log2(L) = {n} for L = {L}, got {depth}")
+        raise ValueError(f"depth must be between 1 and {n} for L = {L} (L / 2^depth must be an integer), got {depth}")
     spec = block_spec(block, n_couplings=n_couplings, hidden=hidden, n_hidden_layers=n_hidden_layers,
                       scale_bound=scale_bound, activation=activation)
     repeats = _positive_int(disentangler_repeats, "disentangler_repeats", minimum=0)
