@@ -125,8 +125,11 @@ def test_format1_checkpoint_loads_and_samples_to_the_same_numbers():
         ref["flow_metropolis_energy"], abs=1e-6)
     r = run_latent_hmc(f, n_chains=4, n_warmup=5, n_samples=10, generator=torch.Generator().manual_seed(5))
     s = summarize_run(r, f.target)
-    assert s["observables"]["energy_per_site"]["mean"] == pytest.approx(ref["latent_hmc_energy"], abs=1e-5)
-    assert s["observables"]["m2"]["mean"] == pytest.approx(ref["latent_hmc_m2"], abs=1e-5)
+    # float32 leapfrog trajectories amplify rounding that differs between CPUs (vector units, kernels): on
+    # the 2026-12-04 machine the same code and seeds gave 8.5e-5 from the reference, so 1e-3. A wrong load
+    # or sampler is far outside it (the same chains in float64 land 0.05 away).
+    assert s["observables"]["energy_per_site"]["mean"] == pytest.approx(ref["latent_hmc_energy"], abs=1e-3)
+    assert s["observables"]["m2"]["mean"] == pytest.approx(ref["latent_hmc_m2"], abs=1e-3)
 
 
 def test_target_spec_round_trip_and_bad_specs():

@@ -49,7 +49,8 @@ class ContextPlaquetteCoupling(PlaquetteCoupling):
     is (width, 36) in (channel, di, dj) order, and only the columns of the two conditioning channels
     are used (the updated channels never enter). The neighbourhood is gathered with one index
     (``neighbourhood_index``) from the conditioning channels alone: the same function as a circular
-    unfold of all four channels with masked weights, at about 2/3 of its cost on CPU.
+    unfold of all four channels with masked weights, at about 0.7 of its cost on CPU (forward and
+    backward of this layer; 1.2× faster training steps at L = 16).
     """
 
     def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
