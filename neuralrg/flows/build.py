@@ -186,7 +186,7 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
     n = (L & -L).bit_length() - 1  # factors of two in L: L = 2^n·c with c odd
     if n == 0:
         raise ValueError(f"the MERA needs an even L (L = 2^n·c: n RG levels of 2×2 plaquettes, a c×c grid of "
-                         f"top latents), got L = {L}; model=flat takes any even L")
+                         f"top latents), got L = {L}")
     depth = n if depth is None else _positive_int(depth, "depth")
     if depth > n:
         raise ValueError(f"depth must be between 1 and {n} for L = {L} (L / 2^depth must be an integer), got {depth}")

@@ -56,6 +56,11 @@ FIT_FINGERPRINTS_KEY = "fit/rank_sample_fingerprints"
 FIT_DATA_TIME_KEY = "fit/data_generation_s"  # only with loss.name=data
 
 
+def _batch_parts(x: torch.Tensor, log_q: torch.Tensor, energy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample values of a flow batch that the NaN report counts non-finite entries of."""
+    return {"x": x.flatten(1).sum(1), "ln q(x)": log_q, "E(x)": energy}
+
+
 class FlowModule(pl.LightningModule):
     """Wires a ``NeuralRGFlow`` into Lightning.
 
@@ -192,7 +197,7 @@ class FlowModule(pl.LightningModule):
             return self._forward_kl_step(objective, step)
         log_q, energy, x = self.free_energy_terms(self.batch_size)
         f = log_q + energy
-        return f.mean(), f, x, {"x": x.flatten(1).sum(1), "ln q(x)": log_q, "E(x)": energy}, {}
+        return f.mean(), f, x, _batch_parts(x, log_q, energy), {}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
@@ -266,7 +271,7 @@ class FlowModule(pl.LightningModule):
                 log_q, energy, x = self.free_energy_terms(self.batch_size)
                 f = log_q + energy
                 reverse = f.mean()
-                parts = {"x": x.flatten(1).sum(1), "ln q(x)": log_q, "E(x)": energy}
+                parts = _batch_parts(x, log_q, energy)
             with torch.no_grad():
                 e_fwd = flow.target.energy(x_fwd)
             extra["data_epoch"] = float(data.epoch)
@@ -290,7 +295,7 @@ class FlowModule(pl.LightningModule):
                     x, log_q = flow.sample(chains.n_chains)
                     energy = flow.target.energy(x)
                 f, reverse, proposals = log_q + energy, None, (x, log_q, energy)
-            parts = {"x": x.flatten(1).sum(1), "ln q(x)": log_q, "E(x)": energy}
+            parts = _batch_parts(x, log_q, energy)
             x_fwd, e_fwd = chains.x, chains.energy
         log_q_fwd = flow.log_prob(x_fwd)
         forward = forward_kl(log_q_fwd)
