@@ -2,17 +2,20 @@
 
     python benchmarks/scaling.py                          # L = 8 … 128, batch 16, 1 thread
     python benchmarks/scaling.py --L 16 32 64 --batch 8 --threads 2 --tag _quick
+    python benchmarks/scaling.py --device cuda --batch 256 --model context --tag _gpu_context
 
 Each L runs in its own subprocess (so its peak resident memory is its own) with the default model
 of conf/model/mera.yaml (Haar skeleton, preconditioner, 8 RealNVP couplings, hidden [32, 32],
-float32) and measures, medians over ``--repeats``:
+float32; ``--model context``: the context blocks of conf/model/mera_context.yaml) on ``--device`` and
+measures, medians over ``--repeats`` (on a GPU timed between ``torch.cuda.synchronize`` calls):
 
 * one reverse-KL training step (sample, loss, backward, Adam) of ``--batch`` samples: ms and µs per
   sample per site;
 * one latent-HMC trajectory (``--leapfrog`` leapfrog steps) of ``--batch`` chains: ms and µs per
   chain per site;
-* the process's peak resident memory after both (MiB; includes Python + torch, ≈ 300 MiB), and the
-  growth of the peak over the training steps beside what ``neuralrg.training.memory.step_memory``
+* the process's peak resident memory after both (MiB; includes Python + torch, ≈ 300 MiB; on a GPU
+  the device's ``max_memory_allocated`` instead), and the growth of the peak over the training
+  steps (on a GPU: the device memory the steps allocated beyond the model) beside what ``neuralrg.training.memory.step_memory``
   estimates for one step (the figure ``memory_limit`` checks, without its margin).
 
 Prints a table with the per-site costs relative to L = 16 (the issue's target: within 1.5× from
@@ -35,7 +38,11 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int) -> dict:
+BLOCKS = {"mera": None, "context": "neuralrg.flows.context.ContextPlaquetteBijector"}
+
+
+def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int, device: str = "cpu",
+            model: str = "mera") -> dict:
     import torch
 
     from neuralrg import K_C, IsingTarget, build_mera
@@ -45,44 +52,57 @@ def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int) -> di
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     target = IsingTarget(L, K_C)
-    flow = build_mera(target, skeleton="haar", precondition="auto", n_couplings=8, hidden=[32, 32],
-                      activation="silu")
+    flow = build_mera(target, block=BLOCKS[model], skeleton="haar", precondition="auto", n_couplings=8,
+                      hidden=[32, 32], activation="silu").to(dev)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+        base_alloc = torch.cuda.memory_allocated(dev)
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
     n_sites = L * L
     rss_mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 (KiB on Linux)
     before = rss_mib()
     step_ms = []
     for i in range(repeats + 1):
+        sync()
         t0 = time.perf_counter()
         loss = flow.reverse_kld(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sync()
         if i:
             step_ms.append(1000 * (time.perf_counter() - t0))
     step_peak = rss_mib() - before
+    if cuda:  # on a GPU the figure that matters is the device's: peak allocated by the steps
+        step_peak = (torch.cuda.max_memory_allocated(dev) - base_alloc) / 2**20
     estimate = step_memory(flow).total(batch) / 2**20  # after the steps: its probes stay below their peak
     flow.eval()
     for p in flow.parameters():
         p.requires_grad_(False)
     pg = make_potential_and_grad(latent_potential(flow))
-    g = torch.Generator().manual_seed(1)
-    z = torch.randn(batch, L, L, generator=g)
+    g = torch.Generator(device=dev).manual_seed(1)
+    z = torch.randn(batch, L, L, generator=g, device=dev)
     U, grad = pg(z)
     traj_ms = []
     for i in range(repeats + 1):
+        sync()
         t0 = time.perf_counter()
         z, U, grad, _, _ = hmc_step(z, U, grad, pg, step_size=0.1, n_leapfrog=leapfrog, generator=g)
+        sync()
         if i:
             traj_ms.append(1000 * (time.perf_counter() - t0))
-    peak = rss_mib()
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else rss_mib()
     step, traj = statistics.median(step_ms), statistics.median(traj_ms)
     return {"L": L, "N": n_sites, "params": sum(p.numel() for p in flow.parameters()), "batch": batch,
             "train_step_ms": step, "train_us_per_sample_site": 1000 * step / (batch * n_sites),
             "hmc_trajectory_ms": traj, "hmc_us_per_chain_site": 1000 * traj / (batch * n_sites),
             "leapfrog": leapfrog, "peak_rss_mib": peak, "train_step_peak_growth_mib": step_peak,
-            "train_step_estimate_mib": estimate}
+            "train_step_estimate_mib": estimate, "device": str(dev), "model": model,
+            "device_name": torch.cuda.get_device_name(dev) if cuda else None}
 
 
 def main() -> None:
@@ -93,15 +113,21 @@ def main() -> None:
     ap.add_argument("--leapfrog", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--model", choices=sorted(BLOCKS), default="mera",
+                    help="mera: conf/model/mera.yaml; context: conf/model/mera_context.yaml (the L >= 16 presets)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (on a GPU: peak MiB is the device's "
+                    "max_memory_allocated, not the process's resident memory)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: measure one L, print JSON
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.batch, args.repeats, args.leapfrog, args.threads)))
+        print(json.dumps(measure(args.one, args.batch, args.repeats, args.leapfrog, args.threads, args.device,
+                                 args.model)))
         return
     rows = []
     for L in args.L:
         cmd = [sys.executable, __file__, "--one", str(L), "--batch", str(args.batch), "--repeats", str(args.repeats),
-               "--leapfrog", str(args.leapfrog), "--threads", str(args.threads)]
+               "--leapfrog", str(args.leapfrog), "--threads", str(args.threads), "--device", args.device,
+               "--model", args.model]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
@@ -120,6 +146,7 @@ def main() -> None:
               f"{r['hmc_us_per_chain_site']:16.2f} {r['hmc_us_per_chain_site'] / ref['hmc_us_per_chain_site']:7.2f} "
               f"{r['peak_rss_mib']:9.0f} {r['train_step_peak_growth_mib']:9.0f} {r['train_step_estimate_mib']:9.0f}")
     out = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
+           "device": args.device, "model": args.model, "batch": args.batch,
            "load_average_at_end": os.getloadavg(), "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"scaling{args.tag}.json"

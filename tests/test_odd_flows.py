@@ -180,3 +180,11 @@ def test_build_mera_with_odd_block_gives_symmetric_density(precondition):
     assert (x_neg + x).abs().max() <= 1e-11 and (ld_neg - ld).abs().max() <= 1e-10
     lq = f.log_prob_unsymmetrised(x)
     assert (f.log_prob_unsymmetrised(-x) - lq).abs().max() <= 1e-9
+
+
+def test_class_path_in_readme_and_model_config_imports():
+    """README and conf/model/mera.yaml name the block as ``neuralrg.flows.OddPlaquetteBijector``."""
+    from neuralrg.flows.odd import OddPlaquetteBijector
+    from neuralrg.spec import import_object
+
+    assert import_object("neuralrg.flows.OddPlaquetteBijector", "block class") is OddPlaquetteBijector
