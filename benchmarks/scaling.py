@@ -12,7 +12,8 @@ measures, medians over ``--repeats`` (on a GPU timed between ``torch.cuda.synchr
 * one reverse-KL training step (sample, loss, backward, Adam) of ``--batch`` samples: ms and µs per
   sample per site;
 * one latent-HMC trajectory (``--leapfrog`` leapfrog steps) of ``--batch`` chains: ms and µs per
-  chain per site;
+  chain per site; on a GPU also with the potential replayed from a CUDA graph (``hmc.cuda_graphed``,
+  the latent samplers' default there);
 * the process's peak resident memory after both (MiB; includes Python + torch, ≈ 300 MiB; on a GPU
   the device's ``max_memory_allocated`` instead), and the growth of the peak over the training
   steps (on a GPU: the device memory the steps allocated beyond the model) beside what ``neuralrg.training.memory.step_memory``
@@ -46,7 +47,7 @@ def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int, devic
     import torch
 
     from neuralrg import K_C, IsingTarget, build_mera
-    from neuralrg.sampling.hmc import hmc_step, make_potential_and_grad
+    from neuralrg.sampling.hmc import cuda_graphed, hmc_step, make_potential_and_grad
     from neuralrg.sampling.latent import latent_potential
     from neuralrg.training.memory import step_memory
 
@@ -95,12 +96,27 @@ def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int, devic
         sync()
         if i:
             traj_ms.append(1000 * (time.perf_counter() - t0))
+    graph_ms = None
+    if cuda:  # the same trajectories with the potential replayed from one CUDA graph (hmc.cuda_graphed)
+        gpg = cuda_graphed(pg, z)
+        if gpg is pg:
+            raise RuntimeError("CUDA graph capture failed (see the warning): no graph timing to report")
+        graph_ms = []
+        for i in range(repeats + 1):
+            sync()
+            t0 = time.perf_counter()
+            z, U, grad, _, _ = hmc_step(z, U, grad, gpg, step_size=0.1, n_leapfrog=leapfrog, generator=g)
+            sync()
+            if i:
+                graph_ms.append(1000 * (time.perf_counter() - t0))
+        graph_ms = statistics.median(graph_ms)
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else rss_mib()
     step, traj = statistics.median(step_ms), statistics.median(traj_ms)
     return {"L": L, "N": n_sites, "params": sum(p.numel() for p in flow.parameters()), "batch": batch,
             "train_step_ms": step, "train_us_per_sample_site": 1000 * step / (batch * n_sites),
             "hmc_trajectory_ms": traj, "hmc_us_per_chain_site": 1000 * traj / (batch * n_sites),
-            "leapfrog": leapfrog, "peak_rss_mib": peak, "train_step_peak_growth_mib": step_peak,
+            "hmc_trajectory_cuda_graph_ms": graph_ms, "leapfrog": leapfrog, "peak_rss_mib": peak,
+            "train_step_peak_growth_mib": step_peak,
             "train_step_estimate_mib": estimate, "device": str(dev), "model": model,
             "device_name": torch.cuda.get_device_name(dev) if cuda else None}
 
@@ -144,7 +160,9 @@ def main() -> None:
         print(f"{r['L']:>4} {r['params']:>8} {r['train_step_ms']:9.1f} {r['train_us_per_sample_site']:17.2f} "
               f"{r['train_us_per_sample_site'] / ref['train_us_per_sample_site']:7.2f} {r['hmc_trajectory_ms']:9.1f} "
               f"{r['hmc_us_per_chain_site']:16.2f} {r['hmc_us_per_chain_site'] / ref['hmc_us_per_chain_site']:7.2f} "
-              f"{r['peak_rss_mib']:9.0f} {r['train_step_peak_growth_mib']:9.0f} {r['train_step_estimate_mib']:9.0f}")
+              f"{r['peak_rss_mib']:9.0f} {r['train_step_peak_growth_mib']:9.0f} {r['train_step_estimate_mib']:9.0f}"
+              + (f"  graph traj ms {r['hmc_trajectory_cuda_graph_ms']:.1f}"
+                 if r.get("hmc_trajectory_cuda_graph_ms") is not None else ""))
     out = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
            "device": args.device, "model": args.model, "batch": args.batch,
            "load_average_at_end": os.getloadavg(), "rows": rows}

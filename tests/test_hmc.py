@@ -353,3 +353,22 @@ def test_cuda_reproducible_and_on_device():
     assert torch.equal(r1.samples, r2.samples)
     with pytest.raises(ValueError, match="generator"):
         run_hmc(energy, x0, n_warmup=0, n_samples=1, generator=torch.Generator())
+
+
+def test_cuda_graph_option_off_cuda_and_bad_values():
+    """On the CPU ``cuda_graph`` changes nothing; a non-bool value is a clear error (driver and sampler settings)."""
+    from neuralrg.sampling.hmc import cuda_graphed, make_potential_and_grad
+    from neuralrg.sampling.registry import resolve_settings
+
+    _, energy = ising_potential(4)
+    pg = make_potential_and_grad(energy)
+    assert cuda_graphed(pg, torch.zeros(3, 4, 4)) is pg
+    x0 = torch.randn(8, 4, 4, generator=torch.Generator().manual_seed(1))
+    kw = dict(n_warmup=5, n_samples=5, n_leapfrog=3, keep_samples=True)
+    r1 = run_hmc(energy, x0, generator=torch.Generator().manual_seed(0), cuda_graph=True, **kw)
+    r2 = run_hmc(energy, x0, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(r1.samples, r2.samples)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        run_hmc(energy, x0, generator=torch.Generator().manual_seed(0), cuda_graph="yes", **kw)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        resolve_settings("latent_hmc", {}, {"cuda_graph": 1})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -36,6 +37,7 @@ __all__ = [
     "DualAveraging",
     "HMCResult",
     "make_potential_and_grad",
+    "cuda_graphed",
     "kinetic_energy",
     "leapfrog",
     "hmc_step",
@@ -204,6 +206,45 @@ def make_potential_and_grad(potential: PotentialFn) -> PotentialAndGradFn:
     return potential_and_grad
 
 
+def cuda_graphed(pg: PotentialAndGradFn, x: Tensor, warmup: int = 2) -> PotentialAndGradFn:
+    """``pg`` captured once into a CUDA graph for inputs like ``x`` (shape, dtype, device), then replayed.
+
+    A flow's potential on a GPU is launch-bound (hundreds of small kernels per call); a replay is
+    one launch. Same values as ``pg`` (same kernels); U and ∇U returned are fresh tensors. Inputs
+    of another shape, dtype or device go to ``pg``. Returns ``pg`` itself where ``x`` is not on
+    CUDA, and, with a warning, where capture fails (e.g. a potential that synchronises with the
+    host). ``pg`` must be deterministic and hold no state that changes between calls.
+    """
+    if not x.is_cuda:
+        return pg
+    dev = x.device
+    static_x = x.detach().clone()
+    try:
+        side = torch.cuda.Stream(device=dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm-up off the capture (cuBLAS/cuFFT plans, autograd buffers)
+            for _ in range(warmup):
+                pg(static_x)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_U, static_grad = pg(static_x)
+    except Exception as exc:  # noqa: BLE001 (any capture failure: fall back to eager, said once)
+        torch.cuda.synchronize(dev)
+        warnings.warn(f"CUDA graph capture of the potential failed ({type(exc).__name__}: {exc}); "
+                      f"running it eagerly", RuntimeWarning, stacklevel=2)
+        return pg
+
+    def replay(y: Tensor) -> tuple[Tensor, Tensor]:
+        if y.shape != static_x.shape or y.dtype != static_x.dtype or y.device != static_x.device:
+            return pg(y)
+        static_x.copy_(y)
+        graph.replay()
+        return static_U.clone(), static_grad.clone()
+
+    return replay
+
+
 def kinetic_energy(p: Tensor) -> Tensor:
     """½|p|² per chain for momenta shaped (C, *event_shape); returns (C,).
 
@@ -339,7 +380,8 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
             target_accept: float = 0.8, adapt: bool = True, blocks: Sequence[Tensor] | None = None,
             thin: int = 1, observe: ObserveFn | None = None, generator: torch.Generator | None = None,
             grad_fn: PotentialAndGradFn | None = None, keep_samples: bool = False,
-            progress: Progress | None = None, max_time: float | None = None) -> HMCResult:
+            progress: Progress | None = None, max_time: float | None = None,
+            cuda_graph: bool = False) -> HMCResult:
     """Run C batched HMC chains from ``x0`` (C, *event_shape): warm-up, then sampling.
 
     One trajectory = one HMC move per block, cycling through ``blocks`` (a list of masks,
@@ -352,7 +394,8 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     (then ``potential`` may be None). ``step_size`` is one initial value or one per block.
     ``progress`` hears of every trajectory (stages "warm-up", "sampling"); ``max_time``: wall
     seconds for the sampling phase (after warm-up): the chains then stop after the current
-    trajectory, keeping at least 2 (``HMCResult.partial``, ``n_kept``).
+    trajectory, keeping at least 2 (``HMCResult.partial``, ``n_kept``). ``cuda_graph``: on a CUDA
+    device, replay the potential and gradient from one captured graph (``cuda_graphed``).
     """
     _check_state(x0, "x0")
     _check_int(n_warmup, "n_warmup", 0)
@@ -380,7 +423,11 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     n_blocks = len(masks)
     steps = _check_step_sizes(step_size, n_blocks)
     duals = [DualAveraging(s, float(target_accept)) for s in steps] if adapt else None
+    if not isinstance(cuda_graph, bool):
+        raise ValueError(f"cuda_graph must be true or false, got {cuda_graph!r}")
     pg = grad_fn if grad_fn is not None else make_potential_and_grad(potential)
+    if cuda_graph:
+        pg = cuda_graphed(pg, x0)
 
     prog = progress if progress is not None else NULL_PROGRESS
     deadline = Deadline(max_time)

@@ -71,11 +71,16 @@ def _check_fraction(key: str, v: Any) -> None:
         raise ValueError(f"{key} must be a number in (0, 1), got {v!r}")
 
 
+def _check_bool(key: str, v: Any) -> None:
+    if not isinstance(v, bool):
+        raise ValueError(f"{key} must be true or false, got {v!r}")
+
+
 #: value checks of the settings keys samplers share
 COMMON_CHECKS: dict[str, Callable[[str, Any], None]] = {
     "n_chains": _check_int(1), "n_samples": _check_int(2), "n_warmup": _check_int(0),
     "n_leapfrog": _check_int(1), "max_keep": _check_int(1), "batch_size": _check_int(1),
-    "step_size": _check_positive, "target_accept": _check_fraction,
+    "step_size": _check_positive, "target_accept": _check_fraction, "cuda_graph": _check_bool,
 }
 
 

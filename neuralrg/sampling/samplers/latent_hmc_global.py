@@ -20,10 +20,10 @@ import torch
 
 from ...physics.target import LatticeTarget
 from ..chains import ChainRun, latent_outputs, thinned_observer
-from ..hmc import make_potential_and_grad
+from ..hmc import cuda_graphed, make_potential_and_grad
 from ..latent import latent_potential, latent_to_physical
 from ..progress import Progress
-from ..registry import Sampler
+from ..registry import Sampler, check_settings
 from .hybrid import DEFAULTS as HYBRID_DEFAULTS
 from .hybrid import check_hybrid_settings, run_mh_hmc
 from .latent_hmc import DEFAULTS as LATENT_DEFAULTS
@@ -41,14 +41,16 @@ def latent_log_weight(z: Tensor, U: Tensor) -> Tensor:
 def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samples: int = 400,
                            k: int = 2, n_leapfrog: int = 10, step_size: float = 0.1, target_accept: float = 0.8,
                            max_keep: int = 2048, generator: torch.Generator | None = None,
-                           progress: Progress | None = None, max_time: float | None = None) -> ChainRun:
+                           progress: Progress | None = None, max_time: float | None = None,
+                           cuda_graph: bool = True) -> ChainRun:
     """Latent HMC with a flow-Metropolis global move before every k trajectories (module
-    docstring). ``ChainRun.accept`` is the global-move acceptance rate; settings hold it
+    docstring); ``cuda_graph`` as in ``run_latent_hmc``. ``ChainRun.accept`` is the global-move acceptance rate; settings hold it
     (``flow_mh_accept``) and the HMC acceptance probability (``hmc_accept``). The flow's
     parameters are frozen during the run."""
     s = dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
              step_size=step_size, target_accept=target_accept, max_keep=max_keep)
     check_hybrid_settings(s)
+    check_settings(cuda_graph=cuda_graph)
     shape = (flow.L, flow.L)
     z0 = torch.randn((n_chains, *shape), dtype=flow.dtype, device=flow.device, generator=generator)
     observe, kept = thinned_observer(flow.target, generator, n_samples, n_chains, max_keep,
@@ -61,6 +63,8 @@ def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100
         return z, U, g, latent_log_weight(z, U)
 
     with flow.frozen():
+        if cuda_graph:
+            pg = cuda_graphed(pg, z0)
         res = run_mh_hmc(z0, pg, latent_log_weight, propose, k=k, n_warmup=n_warmup, n_samples=n_samples,
                          n_leapfrog=n_leapfrog, step_size=step_size, target_accept=target_accept,
                          observe=observe, generator=generator, progress=progress, max_time=max_time)
