@@ -13,7 +13,7 @@ measures, medians over ``--repeats`` (on a GPU timed between ``torch.cuda.synchr
   sample per site;
 * one latent-HMC trajectory (``--leapfrog`` leapfrog steps) of ``--batch`` chains: ms and µs per
   chain per site; on a GPU also with the potential replayed from a CUDA graph (``hmc.cuda_graphed``,
-  the latent samplers' default there);
+  opt-in for the samplers: settings.cuda_graph=true);
 * the process's peak resident memory after both (MiB; includes Python + torch, ≈ 300 MiB; on a GPU
   the device's ``max_memory_allocated`` instead), and the growth of the peak over the training
   steps (on a GPU: the device memory the steps allocated beyond the model) beside what ``neuralrg.training.memory.step_memory``

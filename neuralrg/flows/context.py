@@ -63,8 +63,12 @@ class ContextPlaquetteCoupling(PlaquetteCoupling):
     def _first(self, y: torch.Tensor) -> torch.Tensor:
         B, m = y.shape[0], y.shape[1]
         idx = neighbourhood_index(m, y.device)
-        nb = y[..., self.cond].reshape(B, m * m, 2)[:, idx].reshape(B, m, m, 18)  # (di, dj, channel) order
-        w = self.first.weight.unflatten(1, (4, 3, 3))[:, self.cond].permute(0, 2, 3, 1).reshape(-1, 18)
+        # the two channels by select + stack, not a list index (which copies the list to the device on every
+        # call: a host-to-device copy that also breaks CUDA graph capture)
+        a, b = self.cond
+        nb = torch.stack((y[..., a], y[..., b]), -1).reshape(B, m * m, 2)[:, idx].reshape(B, m, m, 18)  # (di, dj, ch)
+        w4 = self.first.weight.unflatten(1, (4, 3, 3))
+        w = torch.stack((w4[:, a], w4[:, b]), -1).reshape(-1, 18)
         return F.linear(nb, w, self.first.bias)
 
 

@@ -14,7 +14,7 @@ from ..progress import Progress
 from ..registry import Sampler, check_settings
 
 DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, n_leapfrog=10, step_size=0.1, target_accept=0.8,
-                max_keep=2048, cuda_graph=True)
+                max_keep=2048, cuda_graph=False)
 
 
 def level_blocks(flow: Any, block_levels: Sequence[Sequence[int]]) -> list[torch.Tensor]:
@@ -40,14 +40,15 @@ def run_latent_hmc(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samp
                    step_size: float = 0.2, n_leapfrog: int = 10, target_accept: float = 0.8,
                    block_levels: Sequence[Sequence[int]] | None = None, max_keep: int = 2048,
                    generator: torch.Generator | None = None, progress: Progress | None = None,
-                   max_time: float | None = None, cuda_graph: bool = True) -> ChainRun:
+                   max_time: float | None = None, cuda_graph: bool = False) -> ChainRun:
     """HMC on z with U(z), chains started from N(0, I); ``progress`` / ``max_time`` as in ``run_hmc``.
 
     ``block_levels`` e.g. [[3, 4], [0, 1, 2]] cycles through blocks of RG levels (one HMC
     move per block, each with its own adapted step size, the rest held fixed); None or []
     moves all latents at once. The flow's parameters are frozen during the run. ``cuda_graph``:
     on a CUDA device the potential and its gradient replay one captured CUDA graph (one launch
-    instead of hundreds; ``hmc.cuda_graphed``); no effect elsewhere.
+    instead of hundreds; ``hmc.cuda_graphed``); no effect elsewhere. Off by default until its
+    speed and values are measured on a GPU (``tests/test_cuda.py``, ``benchmarks/gpu_cuda_graph.sh``).
     """
     check_settings(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, step_size=step_size,
                    n_leapfrog=n_leapfrog, target_accept=target_accept, max_keep=max_keep, cuda_graph=cuda_graph)

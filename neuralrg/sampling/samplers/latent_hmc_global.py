@@ -42,7 +42,7 @@ def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100
                            k: int = 2, n_leapfrog: int = 10, step_size: float = 0.1, target_accept: float = 0.8,
                            max_keep: int = 2048, generator: torch.Generator | None = None,
                            progress: Progress | None = None, max_time: float | None = None,
-                           cuda_graph: bool = True) -> ChainRun:
+                           cuda_graph: bool = False) -> ChainRun:
     """Latent HMC with a flow-Metropolis global move before every k trajectories (module
     docstring); ``cuda_graph`` as in ``run_latent_hmc``. ``ChainRun.accept`` is the global-move acceptance rate; settings hold it
     (``flow_mh_accept``) and the HMC acceptance probability (``hmc_accept``). The flow's

@@ -18,7 +18,7 @@ def run_physical_hmc(flow: Any, target: LatticeTarget | None = None, *, n_chains
                      n_samples: int = 500, step_size: float = 0.2, n_leapfrog: int = 10,
                      target_accept: float = 0.8, max_keep: int = 2048,
                      generator: torch.Generator | None = None, progress: Progress | None = None,
-                     max_time: float | None = None, cuda_graph: bool = True) -> ChainRun:
+                     max_time: float | None = None, cuda_graph: bool = False) -> ChainRun:
     """HMC on x with E(x) (``target``, default the flow's); starts from flow samples
     (``progress`` / ``max_time`` / ``cuda_graph`` as in ``run_hmc``).
 
