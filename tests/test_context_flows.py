@@ -90,3 +90,49 @@ def test_context_blocks_follow_the_dtype_and_rebuild_from_their_config():
     z = torch.randn(2, 8, 8)
     assert torch.equal(g.forward_and_log_det(z)[0], f.forward_and_log_det(z)[0])
     assert f.to(DT).sample(2)[0].dtype == DT
+
+
+@pytest.mark.parametrize("m", [1, 3, 6])
+def test_radius_two_is_a_circular_5x5_convolution_and_sees_two_plaquettes_away(m):
+    """radius=2: the first layer against conv2d with circular padding 2; a change two plaquettes away
+    moves a plaquette (it does not with radius 1), three away does not."""
+    y = grid(B=2, m=m, seed=m)
+    for p in range(6):
+        c = randomise(ContextPlaquetteCoupling(p, [8], activation="silu", radius=2).to(DT), 0.5, p)
+        cond = list(PARTITIONS[p][1])
+        w = c.first.weight.detach().unflatten(1, (4, 5, 5))[:, cond]
+        x = y[..., cond].permute(0, 3, 1, 2)
+        s0 = 2 * m - 2  # circular padding by 2 on any m >= 1: tile the torus 5×5 and crop
+        xt = x.repeat(1, 1, 5, 5)[..., s0:s0 + m + 4, s0:s0 + m + 4]
+        ref = F.conv2d(xt, w, c.first.bias.detach()).permute(0, 2, 3, 1)
+        assert (c._first(y) - ref).abs().max() <= 1e-12
+    if m == 6:
+        c = randomise(ContextPlaquetteCoupling(0, [8], activation="silu", radius=2).to(DT), 0.3, 0)
+        cond = list(PARTITIONS[0][1])
+        out = c(y)[0]
+        y2 = y.clone()
+        y2[:, 0, 2, cond] += 1.0
+        out2 = c(y2)[0]
+        assert (out2[:, 0, 0] - out[:, 0, 0]).abs().max() > 1e-3 and torch.equal(out2[:, 0, 5], out[:, 0, 5])
+        assert torch.equal(out2[:, 3, 3], out[:, 3, 3])
+
+
+def test_radius_in_the_model_spec_round_trip_and_bad_values():
+    wide = {"class": CONTEXT, "kwargs": {"radius": 2}}
+    f = build_mera(IsingTarget(8, 0.44), block=wide, n_couplings=2, hidden=8, activation="silu",
+                   precondition=True, skeleton="haar").to(DT)
+    assert f.config["block"]["kwargs"]["radius"] == 2
+    assert all(c.radius == 2 for c in f.modules() if isinstance(c, ContextPlaquetteCoupling))
+    g = build_flow(IsingTarget(8, 0.44), **f.config).to(DT)  # rebuilt from the stored config, as a checkpoint is
+    g.load_state_dict(f.state_dict())
+    randomise(f, 0.1, 1)
+    g.load_state_dict(f.state_dict())
+    z = torch.randn(2, 8, 8, dtype=DT, generator=torch.Generator().manual_seed(0))
+    x, ld = f.forward_and_log_det(z)
+    assert torch.equal(g.forward_and_log_det(z)[0], x)
+    z_back, ld_inv = f.inverse_and_log_det(x)
+    assert (z_back - z).abs().max() <= 1e-10 and (ld + ld_inv).abs().max() <= 1e-10
+    with pytest.raises(ValueError, match="radius"):
+        build_mera(IsingTarget(8, 0.44), block={"class": CONTEXT, "kwargs": {"radius": 0}})
+    with pytest.raises(ValueError, match="radius"):  # the affine block takes no radius
+        build_mera(IsingTarget(8, 0.44), block={"class": "neuralrg.flows.PlaquetteBijector", "kwargs": {"radius": 2}})

@@ -21,6 +21,7 @@ from torch import nn
 from ..physics.lattice import check_lattice_size
 from ..spec import import_object, object_path
 from ..physics.target import LatticeTarget
+from .context import check_radius
 from .coupling import check_activation
 from .flat import flat_layers
 from .hierarchy import latent_levels, mera_layers
@@ -33,7 +34,7 @@ from .wavelet import check_skeleton
 DEFAULT_BLOCK = "neuralrg.flows.coupling:PlaquetteBijector"
 BLOCK_KEYS = ("n_couplings", "hidden", "n_hidden_layers", "scale_bound", "activation")
 #: arguments only some block classes take (the spline block's), stored only when given
-EXTRA_BLOCK_KEYS = ("n_bins", "tail_bound")
+EXTRA_BLOCK_KEYS = ("n_bins", "tail_bound", "radius")  # spline; context
 
 
 def _positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -72,7 +73,8 @@ def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
     ``block``: None (the default ``PlaquetteBijector``), a spec dict, a class or dotted path, or a
     ``functools.partial`` of a class (hydra ``_partial_``); ``kwargs`` (n_couplings, hidden,
     n_hidden_layers, scale_bound, activation) override the spec's arguments. The spline block's
-    n_bins / tail_bound are kept only when given, and refused by a class that does not take them. ``hidden`` is stored
+    n_bins / tail_bound and the context block's radius are kept only when given, and refused by a class
+    that does not take them. ``hidden`` is stored
     as a list of widths (an int is repeated ``n_hidden_layers`` times).
     """
     block = _plain(block)
@@ -115,8 +117,10 @@ def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
     if isinstance(sb, bool) or not isinstance(sb, (int, float)) or not 0 < float(sb) < 20:
         raise ValueError(f"scale_bound must be a number in (0, 20), got {sb!r}")
     out["scale_bound"] = float(sb)
-    if extra:
+    if "n_bins" in extra or "tail_bound" in extra:
         out["n_bins"], out["tail_bound"] = check_spline_args(extra.get("n_bins", 8), extra.get("tail_bound", 5.0))
+    if "radius" in extra:
+        out["radius"] = check_radius(extra["radius"])
     return {"class": path, "kwargs": out}
 
 
