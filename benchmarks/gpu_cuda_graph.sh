@@ -8,19 +8,11 @@
 set -u -o pipefail
 OUT=${1:?usage: gpu_cuda_graph.sh OUT_DIR L16_RUN}
 RUN=${2:?usage: gpu_cuda_graph.sh OUT_DIR L16_RUN}
-PY=${PYTHON:-python3}
-DEV=${DEV:-cuda}
 SCALING_L=${SCALING_L:-16 64 128}
 CHAINS=${CHAINS:-256}
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/session.log") 2>&1
-t0=$(date +%s)
-stamp() { echo "=== $1 ($(( $(date +%s) - t0 )) s)"; }
-TMP=$(mktemp -d)
+source "$(dirname "$0")/gpu_common.sh"
 
 stamp "CUDA tests"
-if [ "$DEV" = cpu ]; then export NEURALRG_TEST_DEVICE=cpu; fi
 timeout 60 $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py 2>&1 | tail -8
 
 stamp "latent-HMC trajectory eager vs CUDA graph (context MERA, batch 64)"

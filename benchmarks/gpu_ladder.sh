@@ -9,13 +9,10 @@
 # Everything goes to OUT_DIR/session.log; tables and JSON are copied to OUT_DIR as each step ends,
 # so a call cut short still returns what it finished. Env: RUNGS, BUDGET, BATCH, EVAL, FINAL (hydra
 # lists, one entry per rung), HIDDEN, SCALING_L, SCALING_BATCH; DEV=cpu for a dry run without a GPU.
-# Needs the package's dependencies importable (e.g. PYTHONPATH=.:<site dir>).
+# Needs the package's dependencies importable (e.g. PYTHONPATH=.:<site dir>); shared set-up in gpu_common.sh.
 set -u -o pipefail
 OUT=${1:?usage: gpu_ladder.sh OUT_DIR INIT_RUN}
 INIT=${2:?usage: gpu_ladder.sh OUT_DIR INIT_RUN}
-PY=${PYTHON:-python3}
-DEV=${DEV:-cuda}
-TRAINER=$([ "$DEV" = cpu ] && echo cpu || echo gpu)
 RUNGS=${RUNGS:-[32,64,128]}
 BUDGET=${BUDGET:-[60s,90s,120s]}
 BATCH=${BATCH:-[512,256,128]}
@@ -25,19 +22,10 @@ HIDDEN=${HIDDEN:-[48,48]}
 SCALING_L=${SCALING_L:-8 16 32 64 128}
 SCALING_BATCH=${SCALING_BATCH:-256}
 SAMPLE_IF_BEFORE_S=${SAMPLE_IF_BEFORE_S:-440}
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/session.log") 2>&1
-t0=$(date +%s)
-stamp() { echo "=== $1 ($(( $(date +%s) - t0 )) s)"; }
-TMP=$(mktemp -d)
-
-stamp "device"
-nvidia-smi -L 2>/dev/null || true
-$PY -c "import torch, pytorch_lightning, normflows, hydra, scipy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" || exit 1
+source "$(dirname "$0")/gpu_common.sh"
+TRAINER=$([ "$DEV" = cpu ] && echo cpu || echo gpu)
 
 stamp "CUDA tests"
-if [ "$DEV" = cpu ]; then export NEURALRG_TEST_DEVICE=cpu; fi
 timeout 150 $PY -m pytest -q -p no:cacheprovider -rs tests/test_cuda.py tests/test_hmc.py -k "cuda" 2>&1 | tail -15
 
 stamp "scaling on $DEV (context MERA, batch $SCALING_BATCH)"

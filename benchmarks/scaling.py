@@ -66,17 +66,26 @@ def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int, devic
     n_sites = L * L
     rss_mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 (KiB on Linux)
     before = rss_mib()
-    step_ms = []
-    for i in range(repeats + 1):
-        sync()
-        t0 = time.perf_counter()
+
+    def median_ms(fn) -> float:
+        """Median wall ms of ``fn()`` over ``repeats`` calls after one untimed call (synchronised on a GPU)."""
+        times = []
+        for i in range(repeats + 1):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            if i:
+                times.append(1000 * (time.perf_counter() - t0))
+        return statistics.median(times)
+
+    def train_step() -> None:
         loss = flow.reverse_kld(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sync()
-        if i:
-            step_ms.append(1000 * (time.perf_counter() - t0))
+
+    step = median_ms(train_step)
     step_peak = rss_mib() - before
     if cuda:  # on a GPU the figure that matters is the device's: peak allocated by the steps
         step_peak = (torch.cuda.max_memory_allocated(dev) - base_alloc) / 2**20
@@ -87,31 +96,19 @@ def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int, devic
     pg = make_potential_and_grad(latent_potential(flow))
     g = torch.Generator(device=dev).manual_seed(1)
     z = torch.randn(batch, L, L, generator=g, device=dev)
-    U, grad = pg(z)
-    traj_ms = []
-    for i in range(repeats + 1):
-        sync()
-        t0 = time.perf_counter()
-        z, U, grad, _, _ = hmc_step(z, U, grad, pg, step_size=0.1, n_leapfrog=leapfrog, generator=g)
-        sync()
-        if i:
-            traj_ms.append(1000 * (time.perf_counter() - t0))
+    state = [z, *pg(z)]
+
+    def trajectory(potential_and_grad) -> None:
+        state[:] = hmc_step(*state, potential_and_grad, step_size=0.1, n_leapfrog=leapfrog, generator=g)[:3]
+
+    traj = median_ms(lambda: trajectory(pg))
     graph_ms = None
     if cuda:  # the same trajectories with the potential replayed from one CUDA graph (hmc.cuda_graphed)
         gpg = cuda_graphed(pg, z)
         if gpg is pg:
             raise RuntimeError("CUDA graph capture failed (see the warning): no graph timing to report")
-        graph_ms = []
-        for i in range(repeats + 1):
-            sync()
-            t0 = time.perf_counter()
-            z, U, grad, _, _ = hmc_step(z, U, grad, gpg, step_size=0.1, n_leapfrog=leapfrog, generator=g)
-            sync()
-            if i:
-                graph_ms.append(1000 * (time.perf_counter() - t0))
-        graph_ms = statistics.median(graph_ms)
+        graph_ms = median_ms(lambda: trajectory(gpg))
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else rss_mib()
-    step, traj = statistics.median(step_ms), statistics.median(traj_ms)
     return {"L": L, "N": n_sites, "params": sum(p.numel() for p in flow.parameters()), "batch": batch,
             "train_step_ms": step, "train_us_per_sample_site": 1000 * step / (batch * n_sites),
             "hmc_trajectory_ms": traj, "hmc_us_per_chain_site": 1000 * traj / (batch * n_sites),
