@@ -54,11 +54,12 @@ class ContextPlaquetteCoupling(PlaquetteCoupling):
     """``PlaquetteCoupling`` whose first layer is a circular k×k convolution over the plaquette grid.
 
     Input (B, m, m, 4); k = 2·radius + 1 (radius 1: 3×3, the default; 2: 5×5). The convolution is a
-    linear layer on the k×k neighbourhood: ``first.weight`` is (width, 4·k²) in (channel, di, dj) order, and only the columns of the two conditioning channels
-    are used (the updated channels never enter). The neighbourhood is gathered with one index
-    (``neighbourhood_index``) from the conditioning channels alone: the same function as a circular
-    unfold of all four channels with masked weights, at about 0.7 of its cost on CPU (forward and
-    backward of this layer; 1.2× faster training steps at L = 16).
+    linear layer on the k×k neighbourhood: ``first.weight`` is (width, 4·k²) in (channel, di, dj)
+    order, and only the columns of the two conditioning channels are used (the updated channels never
+    enter). The neighbourhood is gathered with one index (``neighbourhood_index``) from the
+    conditioning channels alone: the same function as a circular unfold of all four channels with
+    masked weights, at about 0.7 of its cost on CPU (forward and backward of this layer; 1.2× faster
+    training steps at L = 16).
     """
 
     def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
@@ -86,8 +87,8 @@ class ContextPlaquetteCoupling(PlaquetteCoupling):
 class ContextPlaquetteBijector(PlaquetteBijector):
     """``PlaquetteBijector`` of ``ContextPlaquetteCoupling``s: a bijection of the whole plaquette grid.
 
-    ``PlaquetteBijector``'s arguments plus ``radius`` (1: 3×3 neighbourhood; 2: 5×5, about 1.4× the
-    coupling network's cost); tensors (B, m, m, 4), log_det (B, m, m).
+    ``PlaquetteBijector``'s arguments plus ``radius`` (1: 3×3 neighbourhood; 2: 5×5, 1.5× the time of
+    an L = 16 training step at width 48); tensors (B, m, m, 4), log_det (B, m, m).
     """
 
     grid = True

@@ -44,9 +44,9 @@ def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100
                            progress: Progress | None = None, max_time: float | None = None,
                            cuda_graph: bool = False) -> ChainRun:
     """Latent HMC with a flow-Metropolis global move before every k trajectories (module
-    docstring); ``cuda_graph`` as in ``run_latent_hmc``. ``ChainRun.accept`` is the global-move acceptance rate; settings hold it
-    (``flow_mh_accept``) and the HMC acceptance probability (``hmc_accept``). The flow's
-    parameters are frozen during the run."""
+    docstring); ``cuda_graph`` as in ``run_latent_hmc``. ``ChainRun.accept`` is the global-move
+    acceptance rate; settings hold it (``flow_mh_accept``) and the HMC acceptance probability
+    (``hmc_accept``). The flow's parameters are frozen during the run."""
     s = dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
              step_size=step_size, target_accept=target_accept, max_keep=max_keep)
     check_hybrid_settings(s)
