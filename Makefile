@@ -5,7 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONSTRAINTS ?= constraints-cpu.txt
 STAMP := $(VENV)/.neuralrg-installed
-RUN ?= runs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
+# expanded once (:=): a recursive RUN would call date once per use, and train.py and sample.py could get
+# different seconds (a demo failed that way: "checkpoint not found")
+ifndef RUN
+RUN := runs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
+endif
 
 .PHONY: install demo test bench clean-venv
 

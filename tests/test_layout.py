@@ -79,3 +79,24 @@ def test_library_is_free_of_lightning_and_hydra(path):
     for name in _imports(path):
         assert not name.split(".")[0] in ("pytorch_lightning", "lightning", "hydra", "omegaconf"), \
             f"{_module_name(path)} imports {name}"
+
+
+def test_make_demo_trains_and_samples_the_same_run_directory():
+    """``make demo`` names its run directory once: train.py and sample.py get the same path even when the
+    clock ticks between them (a recursive ``RUN ?= ...$(shell date ...)`` gave them different seconds)."""
+    import re
+    import shutil
+    import subprocess
+    import time
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    root = Path(__file__).resolve().parents[1]
+    make = (root / "Makefile").read_text()
+    assert re.search(r"^RUN :=", make, re.M), "RUN must be a simply expanded variable"
+    for _ in range(3):
+        out = subprocess.run(["make", "-n", "-s", "demo"], cwd=root, capture_output=True, text=True).stdout
+        dirs = re.findall(r"hydra\.run\.dir=(\S+)", out) + re.findall(r"sample\.py run=(\S+)", out)
+        assert len(dirs) == 2 and dirs[0] == dirs[1], out
+        time.sleep(0.4)
