@@ -387,3 +387,23 @@ def test_offline_training_run_gains_sampling_summary_as_resumed_offline_run(tmp_
                if r.WhichOneof("record_type") == "summary" for i in r.summary.update}
     assert json.loads(updates["sampling/samplers/latent_hmc/ess_per_second"]) == 3.5
     assert "sampling/note" not in updates  # only finite numbers go to W&B
+
+
+def test_plain_lines_report_a_long_stage_while_it_runs():
+    """A stage that runs past ``every_s`` gets interim lines (never one that looks like the final line)."""
+    buf = io.StringIO()
+    p = LineProgress(buf, every_s=0.0)
+    p.start("latent_hmc: warm-up", 3)
+    for _ in range(3):
+        p.update(1, accept=0.5)
+    p.finish()
+    lines = buf.getvalue().splitlines()
+    assert [ln.split(" so far")[0] for ln in lines[:-1]] == ["latent_hmc: warm-up: 1/3", "latent_hmc: warm-up: 2/3"]
+    assert lines[-1].startswith("latent_hmc: warm-up: 3/3 in ")
+    quiet = io.StringIO()
+    p = LineProgress(quiet, every_s=None)
+    p.start("x", 2)
+    p.update(1)
+    p.update(1)
+    p.finish()
+    assert len(quiet.getvalue().splitlines()) == 1

@@ -1,8 +1,8 @@
 """Progress displays for the entry points (the ``sampling.progress.Progress`` protocol).
 
 ``make_progress(quiet)``: nothing when ``quiet``; a Rich bar (units done/total, ETA, running
-acceptance and step size) when stdout is a terminal; else one plain summary line per stage
-(no control characters, so captured logs stay clean).
+acceptance and step size) when stdout is a terminal; else one plain summary line per stage, plus
+an interim line every 30 s of a long stage (no control characters, so captured logs stay clean).
 """
 from __future__ import annotations
 
@@ -26,18 +26,30 @@ def _info_text(info: dict[str, float]) -> str:
 
 
 class LineProgress(Progress):
-    """One line per finished stage: ``<stage>: n/total in t s (acceptance …, step size …) <summary>``."""
+    """One line per finished stage: ``<stage>: n/total in t s (acceptance …, step size …) <summary>``.
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    A stage still running after ``every_s`` seconds also gets a line ``<stage>: n/total so far, t s (…)``
+    every ``every_s`` seconds (None: never), so a long latent-HMC warm-up is not silent for minutes.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, every_s: float | None = 30.0) -> None:
         self.stream = stream
+        self.every_s = every_s
         self.stage: str | None = None
 
     def start(self, stage: str, total: int) -> None:
         self.stage, self.total, self.done, self.info, self.t0 = stage, int(total), 0, {}, time.perf_counter()
+        self.next_line = self.t0 + self.every_s if self.every_s is not None else None
 
     def update(self, n: int = 1, **info: float) -> None:
         self.done += int(n)
         self.info.update(info)
+        now = time.perf_counter()
+        if self.next_line is not None and now >= self.next_line and self.done < self.total:
+            extra = _info_text(self.info)
+            print(f"{self.stage}: {self.done}/{self.total} so far, {now - self.t0:.0f} s"
+                  + (f" ({extra})" if extra else ""), file=self.stream or sys.stdout, flush=True)
+            self.next_line = now + self.every_s
 
     def finish(self, summary: str = "") -> None:
         if self.stage is None:
