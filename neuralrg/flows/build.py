@@ -33,8 +33,9 @@ from .wavelet import check_skeleton
 #: the default plaquette block, and the arguments older configs held at top level
 DEFAULT_BLOCK = "neuralrg.flows.coupling:PlaquetteBijector"
 BLOCK_KEYS = ("n_couplings", "hidden", "n_hidden_layers", "scale_bound", "activation")
-#: arguments only some block classes take (the spline block's), stored only when given
-EXTRA_BLOCK_KEYS = ("n_bins", "tail_bound", "radius")  # spline; context
+#: arguments only some block classes take (the spline block's n_bins / tail_bound, the context block's
+#: radius), stored only when given
+EXTRA_BLOCK_KEYS = ("n_bins", "tail_bound", "radius")
 
 
 def _positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -73,9 +74,9 @@ def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
     ``block``: None (the default ``PlaquetteBijector``), a spec dict, a class or dotted path, or a
     ``functools.partial`` of a class (hydra ``_partial_``); ``kwargs`` (n_couplings, hidden,
     n_hidden_layers, scale_bound, activation) override the spec's arguments. The spline block's
-    n_bins / tail_bound and the context block's radius are kept only when given, and refused by a class
-    that does not take them. ``hidden`` is stored
-    as a list of widths (an int is repeated ``n_hidden_layers`` times).
+    n_bins / tail_bound and the context block's radius are kept only when given, and refused by a
+    class that does not take them. ``hidden`` is stored as a list of widths (an int is repeated
+    ``n_hidden_layers`` times).
     """
     block = _plain(block)
     if block is None:
@@ -174,9 +175,9 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
     """The hierarchical NeuralRG flow for ``target``: L = 2^n·c with c odd and n ≥ 1.
 
     depth: RG levels (default n, the full hierarchy: log2 L for a power of two, whose top level
-    is one latent; otherwise the top level is a c×c grid of latents, e.g. 3×3 at L = 12); block: the plaquette block (see
-    ``block_spec``; default ``PlaquetteBijector``), with n_couplings / hidden / n_hidden_layers
-    / scale_bound / activation as shorthand for its arguments; disentangler_repeats:
+    is one latent; otherwise the top level is a c×c grid of latents, e.g. 3×3 at L = 12); block:
+    the plaquette block (see ``block_spec``; default ``PlaquetteBijector``), with n_couplings /
+    hidden / n_hidden_layers / scale_bound / activation as shorthand for its arguments; disentangler_repeats:
     disentangler layers per level; share_levels: one set of blocks for all levels; z2:
     symmetrise q under x → −x; precondition: end with the fixed x = A^{1/2} y
     (``GaussianPreconditioner``; "auto" = where the target has a Gaussian part); skeleton:
