@@ -76,7 +76,7 @@ def probe_seconds(module: FlowModule, cfg, objective: str, n_warmup: int = 3, n:
     """Median seconds of one optimizer step of ``objective`` (module's parameters get changed)."""
     device = device_of(cfg)
     module.to(device)
-    opt = instantiate(cfg.optimizer)(module.flow.parameters())
+    opt = instantiate(cfg.optimizer)(module.trained_parameters())
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ts = []
     for i in range(n_warmup + n):

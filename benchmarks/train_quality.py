@@ -103,7 +103,7 @@ def probe_step_seconds(cfg) -> list[tuple[int, float]]:
     module = build_module(cfg)
     device = training_device(cfg)
     module.to(device)
-    opt = instantiate(cfg.optimizer)(module.flow.parameters())
+    opt = instantiate(cfg.optimizer)(module.trained_parameters())
     return [(k, measure_step_time(module, opt, device, step=k, warmup=5, probe=5)) for k in objective_phases(module)]
 
 

@@ -331,3 +331,106 @@ def test_budget_probes_every_objective_phase(tmp_path):
     plan = plan_budget(cfg, 60.0, build_module)
     times = plan["phase_step_times_s"]
     assert list(times) == [0, 40] and plan["step_time_s"] == times[0] and min(times.values()) > 0
+
+
+# --- the sign-folded reverse KL (loss.sign_fold) -------------------------------------------------
+
+def _gauss(x: torch.Tensor, mu: float, s: float) -> torch.Tensor:
+    return torch.exp(-0.5 * ((x - mu) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+
+
+def test_sign_fold_is_a_normalised_fold_and_bounds_the_z2_gap():
+    """On a 1-D grid (quadrature, float64): p_φ = 2σ(φ)p integrates to 1 and its symmetrisation is p
+    for any odd φ; KL(q_sym‖p) ≤ KL(q‖p_φ), with equality at φ = ln q(x) − ln q(−x); φ = 0 is the
+    plain reverse KL, which for a one-sided q exceeds the Z2 gap by about ln 2."""
+    from neuralrg.training.losses import SignFold
+    x = torch.linspace(-12, 12, 24001, dtype=torch.float64)
+    dx = float(x[1] - x[0])
+    p = 0.5 * _gauss(x, 2.0, 0.8) + 0.5 * _gauss(x, -2.0, 0.8)  # an even double well
+    q = _gauss(x, 1.9, 0.9)  # one sign only
+    q_sym = 0.5 * (q + q.flip(0))
+
+    def kl(a, b):
+        return float((a * (a.clamp_min(1e-300).log() - b.clamp_min(1e-300).log())).sum() * dx)
+
+    fold = SignFold("uniform", 1, dtype=torch.float64)
+    grid = x.reshape(-1, 1, 1)
+    z2_gap = kl(q_sym, p)
+    bounds = {}
+    for a in (0.0, 0.5, 2.0, 8.0):
+        with torch.no_grad():
+            fold.weight.fill_(a)
+            w = fold.log_weight(grid).exp()
+            w_minus = fold.log_weight(-grid).exp()
+        assert torch.allclose(w + w_minus, torch.full_like(w, 2.0), atol=1e-12)
+        p_phi = w * p
+        assert float(p_phi.sum() * dx) == pytest.approx(1.0, abs=1e-9)
+        assert torch.allclose(0.5 * (p_phi + p_phi.flip(0)), p, atol=1e-12)
+        bounds[a] = kl(q, p_phi)
+        assert bounds[a] >= z2_gap - 1e-9
+    assert bounds[0.0] == pytest.approx(kl(q, p))  # φ = 0: the plain reverse KL
+    assert bounds[0.0] - z2_gap > 0.6  # loose by ≈ ln 2 for a one-sided q
+    assert min(bounds.values()) - z2_gap < 0.01  # a steep enough fold is nearly tight
+    phi_opt = q.clamp_min(1e-300).log() - q.flip(0).clamp_min(1e-300).log()
+    assert kl(q, 2 * torch.sigmoid(phi_opt) * p) == pytest.approx(z2_gap, abs=1e-9)
+
+
+def test_sign_fold_field_is_odd_and_checks_shapes():
+    from neuralrg.training.losses import SignFold
+    fold = SignFold("field", 4, dtype=torch.float64)
+    with torch.no_grad():
+        fold.weight.normal_(generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(fold.phi(-x), -fold.phi(x), atol=0)
+    assert torch.allclose(fold.log_weight(x).exp() + fold.log_weight(-x).exp(),
+                          torch.full((5,), 2.0, dtype=torch.float64), atol=1e-14)
+    with pytest.raises(ValueError, match="built for L = 4"):
+        fold.phi(torch.zeros(2, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="loss.sign_fold must be one of"):
+        SignFold("staggered", 4)
+
+
+def test_sign_fold_starts_as_reverse_kl_and_is_trained(tmp_path):
+    """At step 0 (φ = 0) the folded loss is the reverse KL of the same batch; training moves a, the
+    checkpoint keeps it (resume restores it) and load_flow reads the flow alone; the fold's bound on
+    the Z2 gap is logged and the trained flow's Z2 gap lies below it."""
+    from neuralrg.checkpoint import load_flow
+    plain = build_module(make_cfg(run_dir=tmp_path / "p"))
+    folded = build_module(make_cfg("loss.sign_fold=uniform", run_dir=tmp_path / "f"))
+    folded.flow.load_state_dict(plain.flow.state_dict())
+    torch.manual_seed(5)
+    a = plain.step_loss(0)[0]
+    torch.manual_seed(5)
+    b, _, _, _, extra = folded.step_loss(0)
+    assert float(b.detach()) == pytest.approx(float(a.detach()), rel=1e-12) and float(extra["fold_weight_norm"]) == 0.0
+    assert folded.trained_parameters()[-1] is folded.sign_fold.weight
+
+    class Metrics(pl.Callback):
+        final: dict = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            Metrics.final = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+    run_dir = tmp_path / "run"
+    s = run_training(make_cfg("steps=150", "loss.sign_fold=uniform", "final_eval_samples=4096", run_dir=run_dir),
+                     callbacks=[Metrics()])
+    assert s["status"] == "completed"
+    state = load_ckpt(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    assert abs(float(state["sign_fold.weight"])) > 0.1  # the fold was learned
+    # logged before the last optimizer step
+    assert Metrics.final["train/fold_weight_norm"] == pytest.approx(abs(float(state["sign_fold.weight"])), rel=1e-3)
+    flow = load_flow(run_dir)
+    assert flow.L == 4
+    flow.z2 = True
+    z2_gap = evaluate_flow(flow, 8192, generator=torch.Generator().manual_seed(2))["gap_per_site"]
+    assert z2_gap < Metrics.final["train/fold_bound"] + 0.01  # the bound (last batch, 64 samples: noisy)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["loss.sign_fold=magnetisation"], "loss.sign_fold must be one of"),
+    (["loss.sign_fold=uniform", "loss.name=flow_mcmc"], "needs loss.name=reverse_kl"),
+    (["loss.sign_fold=uniform", "model.z2=true"], "model.z2=true"),
+])
+def test_bad_sign_fold_config(tmp_path, overrides, words):
+    with pytest.raises(ValueError, match=words):
+        build_module(make_cfg(*overrides, run_dir=tmp_path / "run"))

@@ -51,7 +51,7 @@ def measure_step_time(module: Any, optimizer: torch.optim.Optimizer, device: tor
         loss = module.step_loss(step)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.flow.parameters(), 10.0)
+        torch.nn.utils.clip_grad_norm_(module.trained_parameters(), 10.0)
         optimizer.step()
 
     t_start = time.perf_counter()
@@ -108,7 +108,7 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     device = training_device(cfg)
     module = build_module(cfg).to(device)
     module.flow.train()
-    optimizer = instantiate(cfg.optimizer)(module.flow.parameters())
+    optimizer = instantiate(cfg.optimizer)(module.trained_parameters())
     starts = objective_phases(module, done_steps)
     t_steps = [measure_step_time(module, optimizer, device, step=k, max_seconds=PROBE_SHARE * budget_s / len(starts))
                for k in starts]

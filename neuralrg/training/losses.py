@@ -10,6 +10,16 @@
   over (``pretrain_steps: null``: data for the whole run); ``data_weight`` w < 1 mixes the
   reverse KL into the data phase: (1 − w)·reverse KL + w·forward KL on the data.
 
+``sign_fold`` (reverse KL only, Z2-symmetric targets): the reverse KL is taken against the folded
+target p_φ(x) = 2σ(φ(x))·p(x) with φ odd and learned (``SignFold``), instead of p. Because p is
+even, p_φ is normalised and ½[p_φ(x) + p_φ(−x)] = p(x) for every odd φ, so by data processing
+
+    KL(q_sym‖p) ≤ KL(q‖p_φ),   q_sym(x) = ½[q(x) + q(−x)],
+
+at the cost of one flow pass (the Z2-symmetrised loss ``model.z2`` costs two). φ = 0 is the plain
+reverse KL, which bounds the Z2 gap loosely (by up to ln 2) for a q that covers one sign; the fold
+lets q cover one sign with a smooth edge and gives it no reason to learn both.
+
 All quantities are totals over the lattice (not per site), natural log. ``LossConfig`` validates
 the ``loss:`` node of ``conf/train.yaml`` and raises ``ValueError`` naming the bad key.
 """
@@ -20,13 +30,17 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 LOSS_NAMES = ("reverse_kl", "flow_mcmc", "data")
 AFTER_NAMES = ("reverse_kl", "flow_mcmc")
 SCHEDULE_NAMES = ("constant", "linear")
+FOLD_KINDS = ("uniform", "field")
+_LN2 = math.log(2.0)
 
-__all__ = ["LOSS_NAMES", "WeightSchedule", "LossConfig", "reverse_kl", "forward_kl", "mixed_loss",
-           "forward_gap"]
+__all__ = ["LOSS_NAMES", "FOLD_KINDS", "WeightSchedule", "LossConfig", "SignFold", "reverse_kl",
+           "forward_kl", "mixed_loss", "forward_gap"]
 
 
 def reverse_kl(log_q: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
@@ -53,6 +67,39 @@ def mixed_loss(reverse: torch.Tensor | None, forward: torch.Tensor | None, weigh
     if w == 1.0:
         return forward
     return (1.0 - w) * reverse + w * forward
+
+
+class SignFold(nn.Module):
+    """The learned odd function φ of the folded target p_φ(x) = 2σ(φ(x))·p(x) (see the module docstring).
+
+    ``uniform``: φ(x) = a·Σᵢ xᵢ/√N (one parameter: the magnetisation; ferromagnets);
+    ``field``: φ(x) = Σᵢ wᵢ xᵢ/√N (one weight per site: staggered or disordered order, e.g. the
+    antiferromagnet or a glass). Parameters start at zero (φ = 0: the plain reverse KL) in the given
+    dtype and device. ``log_weight(x)`` is ln 2σ(φ(x)) per sample, x (B, L, L) → (B,).
+    """
+
+    def __init__(self, kind: str, L: int, *, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if kind not in FOLD_KINDS:
+            raise ValueError(f"loss.sign_fold must be one of {FOLD_KINDS} or null, got {kind!r}")
+        self.kind = kind
+        self.L = int(L)
+        shape = () if kind == "uniform" else (self.L, self.L)
+        self.weight = nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
+
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x) per sample, shape (B,); odd in x."""
+        if x.shape[-2:] != (self.L, self.L):
+            raise ValueError(f"SignFold built for L = {self.L} got fields of shape {tuple(x.shape[1:])}")
+        scale = 1.0 / math.sqrt(self.L * self.L)
+        if self.kind == "uniform":
+            return self.weight * x.flatten(1).sum(1) * scale
+        return (self.weight * x).flatten(1).sum(1) * scale
+
+    def log_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """ln[2σ(φ(x))] per sample (B,): ln p_φ(x) − ln p(x)."""
+        return _LN2 + F.logsigmoid(self.phi(x))
 
 
 def forward_gap(log_q: torch.Tensor, energy: torch.Tensor, log_z: float) -> torch.Tensor:
@@ -140,10 +187,18 @@ class LossConfig:
     pretrain_steps: int | None = None
     data_weight: float = 1.0
     after: str = "reverse_kl"
+    # reverse KL against the sign-folded target (Z2-symmetric targets)
+    sign_fold: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in LOSS_NAMES:
             raise ValueError(f"loss.name must be one of {LOSS_NAMES}, got {self.name!r}")
+        if self.sign_fold is not None:
+            if self.sign_fold not in FOLD_KINDS:
+                raise ValueError(f"loss.sign_fold must be one of {FOLD_KINDS} or null, got {self.sign_fold!r}")
+            if self.name != "reverse_kl":
+                raise ValueError(f"loss.sign_fold folds the reverse KL: it needs loss.name=reverse_kl, "
+                                 f"got {self.name!r}")
         if self.after not in AFTER_NAMES:
             raise ValueError(f"loss.after must be one of {AFTER_NAMES}, got {self.after!r}")
         _check_float(self.forward_weight, "forward_weight", 0.0, 1.0)

@@ -4,7 +4,8 @@ By default every step draws a batch from the flow (no dataset) and minimises
 loss = mean[ln q(x) + E(x)] = F_q (total; logged per site). ``loss`` (the ``loss:`` node of
 conf/train.yaml, ``neuralrg.training.losses.LossConfig``) selects another objective:
 ``flow_mcmc`` mixes in the forward KL on persistent chains on p (``training.chains``), ``data``
-pre-trains by maximum likelihood on exact samples (Ising). Manual optimisation keeps the
+pre-trains by maximum likelihood on exact samples (Ising); ``loss.sign_fold`` takes the reverse KL
+against the sign-folded target (``losses.SignFold``, trained with the flow). Manual optimisation keeps the
 loop explicit: a non-finite loss or gradient stops training (``NonFiniteLossError``, on every
 DDP rank at once) *before* any parameter changes, so the last checkpoint on disk stays the last
 good state. Steps are counted like ``global_step``: step k is the (k+1)-th optimizer step.
@@ -27,7 +28,7 @@ from ..checkpoint import META_KEY, flow_metadata
 from ..sampling.importance import evaluate_flow
 from ..flows.model import NeuralRGFlow
 from .chains import ExactIsingData, FlowMCMCChains, check_data_source
-from .losses import LossConfig, forward_gap, forward_kl, mixed_loss
+from .losses import LossConfig, SignFold, forward_gap, forward_kl, mixed_loss
 from .schedule import build_scheduler
 
 # Lightning's advice for manual optimisation does not apply: a checkpoint at step k holds the
@@ -96,6 +97,14 @@ class FlowModule(pl.LightningModule):
         self.loss_cfg = LossConfig.from_dict(loss)
         if self.loss_cfg.name == "data":
             check_data_source(flow.target)
+        self.sign_fold: SignFold | None = None
+        if self.loss_cfg.sign_fold is not None:
+            if not flow.target.z2_symmetric:
+                raise ValueError(f"loss.sign_fold needs a Z2-symmetric target; {type(flow.target).__name__} is not")
+            if flow.z2:
+                raise ValueError("loss.sign_fold with model.z2=true: the symmetrised q is even already, "
+                                 "there is no sign to fold (use one of them)")
+            self.sign_fold = SignFold(self.loss_cfg.sign_fold, flow.L, dtype=flow.dtype, device=flow.device)
         self.forward_weight = self.loss_cfg.weight_schedule()
         c = self.loss_cfg
         # a plain object, not a module buffer: DDP must not broadcast rank 0's chains
@@ -144,9 +153,14 @@ class FlowModule(pl.LightningModule):
         torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
     def configure_optimizers(self):
-        opt = self.optimizer_factory(self.flow.parameters())
+        opt = self.optimizer_factory(self.trained_parameters())
         sched = build_scheduler(opt, total_steps=self.total_steps, **self.scheduler_cfg)
         return [opt], [{"scheduler": sched, "interval": "step"}]
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """The flow's parameters, then the sign fold's (if any)."""
+        params = list(self.flow.parameters())
+        return params + (list(self.sign_fold.parameters()) if self.sign_fold is not None else [])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = flow_metadata(self.flow)
@@ -197,7 +211,13 @@ class FlowModule(pl.LightningModule):
             return self._forward_kl_step(objective, step)
         log_q, energy, x = self.free_energy_terms(self.batch_size)
         f = log_q + energy
-        return f.mean(), f, x, _batch_parts(x, log_q, energy), {}
+        if self.sign_fold is None:
+            return f.mean(), f, x, _batch_parts(x, log_q, energy), {}
+        folded = f - self.sign_fold.log_weight(x)  # ln q − ln p_φ up to ln Z
+        extra = {"fold_weight_norm": self.sign_fold.weight.detach().norm()}
+        if self.flow.target.log_z is not None:  # the bound on the Z2 gap, per site
+            extra["fold_bound"] = (folded.detach().mean() + self.flow.target.log_z) / self.flow.n_sites
+        return folded.mean(), f, x, _batch_parts(x, log_q, energy), extra
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
@@ -220,7 +240,7 @@ class FlowModule(pl.LightningModule):
         # one pass gives the norm (before clipping) and clips; a non-finite norm raises below,
         # before the optimizer touches the parameters
         max_norm = float(self.grad_clip) if self.grad_clip else float("inf")
-        gnorm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), max_norm)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.trained_parameters(), max_norm)
         if not self._all_ranks_finite(gnorm):
             raise NonFiniteLossError(
                 f"non-finite gradient norm ({gnorm.item()}) at step {step}, after {step} completed "
