@@ -33,6 +33,7 @@ from neuralrg.physics.exact import exact_solution  # noqa: E402
 from neuralrg.flows import CheckerboardCoupling, PlaquetteBijector  # noqa: E402
 from neuralrg.physics.ising import IsingTarget
 from neuralrg.physics.target import LatticeTarget  # noqa: E402
+from neuralrg.training.losses import LossConfig  # noqa: E402
 from neuralrg.training.module import NonFiniteLossError  # noqa: E402
 from neuralrg.pipelines.train import build_module, run_training  # noqa: E402
 from neuralrg.pipelines.rundir import RunDirectoryError  # noqa: E402
@@ -249,6 +250,8 @@ def test_experiment_preset_composes(name):
         assert OmegaConf.select(cfg, key) == value, key
     target = instantiate(cfg.target)
     assert isinstance(target, LatticeTarget) and target.L == cfg.target.L
+    loss = LossConfig.from_dict(OmegaConf.to_container(cfg.loss, resolve=True))  # e.g. a sign fold with loss.name=data
+    assert loss.sign_fold is None or target.z2_symmetric
     if target.L <= 16:  # building the 32x32 model costs more than it shows
         flow = instantiate(cfg.model)(target=target)
         assert flow.L == target.L

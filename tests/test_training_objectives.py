@@ -430,7 +430,17 @@ def test_sign_fold_starts_as_reverse_kl_and_is_trained(tmp_path):
     (["loss.sign_fold=magnetisation"], "loss.sign_fold must be one of"),
     (["loss.sign_fold=uniform", "loss.name=flow_mcmc"], "needs loss.name=reverse_kl"),
     (["loss.sign_fold=uniform", "model.z2=true"], "model.z2=true"),
+    (["experiment=ising16_critical", "loss.name=data"], r"add loss.sign_fold=null"),
 ])
 def test_bad_sign_fold_config(tmp_path, overrides, words):
     with pytest.raises(ValueError, match=words):
         build_module(make_cfg(*overrides, run_dir=tmp_path / "run"))
+
+
+def test_sign_fold_refuses_a_target_without_z2_symmetry():
+    target = GaussianTarget(4, 1.0)
+    target.z2_symmetric = False  # as a target with an external field would declare
+    flow = build_mera(target, n_couplings=2, hidden=4)
+    with pytest.raises(ValueError, match="needs a Z2-symmetric target; GaussianTarget is not"):
+        FlowModule(flow, functools.partial(torch.optim.Adam, lr=1e-3), total_steps=10, batch_size=8,
+                   loss={"sign_fold": "uniform"})
