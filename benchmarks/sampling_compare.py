@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--physical-samples", type=int, default=None,
                     help="kept trajectories for physical HMC (cheap: give it more to converge its τ window)")
     ap.add_argument("--metropolis-samples", type=int, default=None)
+    ap.add_argument("--hybrid-k", type=int, default=None, help="HMC trajectories per flow move of the hybrid (default 2)")
     ap.add_argument("--no-symmetrize", action="store_true", help="sample with the plain (not Z2) flow")
     ap.add_argument("--samplers", nargs="+", default=["latent_hmc", "physical_hmc", "flow_metropolis"])
     ap.add_argument("--tag", default="", help="suffix of the result file name, e.g. _silu_pc")
@@ -48,6 +49,8 @@ def main() -> None:
         per["physical_hmc"] = {"n_samples": args.physical_samples}
     if args.metropolis_samples:
         per["flow_metropolis"] = {"n_samples": args.metropolis_samples}
+    if args.hybrid_k is not None:
+        per["hybrid"] = {"k": args.hybrid_k}
     summary = run_sampling(run=args.run, samplers=args.samplers, settings=settings, per_sampler=per,
                            symmetrize=not args.no_symmetrize,
                            out_dir=str(RESULTS / "sampling_runs" / (Path(args.run).name + args.tag)), importance_samples=16384)
