@@ -100,6 +100,10 @@ def check_expected(target: LatticeTarget, expect: dict[str, Any], where: str) ->
             raise CheckpointError(f"{where} was trained for {key} = {got}, not {key} = {want}")
 
 
+#: the state-dict key of the sign fold's weight (``loss.sign_fold``), beside the flow's
+FOLD_KEY = "sign_fold.weight"
+
+
 def load_flow(path: str | Path, *, L: int | None = None, K: float | None = None,
               expect: dict[str, Any] | None = None, map_location: str | torch.device = "cpu",
               dtype: torch.dtype | None = None) -> NeuralRGFlow:
@@ -126,7 +130,10 @@ def load_flow(path: str | Path, *, L: int | None = None, K: float | None = None,
         raise CheckpointError(f"checkpoint {ckpt['_path']} does not match its model config: {exc}") from None
     if dtype is not None:
         flow = flow.to(dtype)
-    return flow.to(map_location).eval()
+    flow = flow.to(map_location).eval()
+    fold = ckpt["state_dict"].get(FOLD_KEY)  # trained with loss.sign_fold: flow Metropolis may use it (fold=auto)
+    flow.sign_fold_weight = None if fold is None else fold.to(device=flow.device, dtype=flow.dtype)
+    return flow
 
 
 def load_flow_at(path: str | Path, L: int, *, trained_L: int | None = None, K: float | None = None,

@@ -420,7 +420,8 @@ def test_sign_fold_starts_as_reverse_kl_and_is_trained(tmp_path):
     # logged before the last optimizer step
     assert Metrics.final["train/fold_weight_norm"] == pytest.approx(abs(float(state["sign_fold.weight"])), rel=1e-3)
     flow = load_flow(run_dir)
-    assert flow.L == 4
+    assert flow.L == 4 and "sign_fold.weight" not in flow.state_dict()
+    assert float(flow.sign_fold_weight) == float(state["sign_fold.weight"])  # for flow Metropolis' fold=auto
     flow.z2 = True
     z2_gap = evaluate_flow(flow, 8192, generator=torch.Generator().manual_seed(2))["gap_per_site"]
     assert z2_gap < Metrics.final["train/fold_bound"] + 0.01  # the bound (last batch, 64 samples: noisy)

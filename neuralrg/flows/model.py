@@ -52,8 +52,12 @@ class NeuralRGFlow(nf.NormalizingFlow):
 
     ``latent_levels`` (L, L) gives the RG level of every latent site (0 = finest); the flat
     baseline puts every site on level 0. ``config`` holds what rebuilds the model
-    (see ``neuralrg.flows.build_flow``).
+    (see ``neuralrg.flows.build_flow``). ``sign_fold_weight``: the weight of the sign fold the
+    flow was trained against (``loss.sign_fold``; set by ``load_flow``, None otherwise), a plain
+    attribute outside the state dict.
     """
+
+    sign_fold_weight: torch.Tensor | None = None
 
     def __init__(self, flows: list[nf.flows.Flow], target: LatticeTarget, *, z2: bool,
                  levels: torch.Tensor, config: dict[str, Any]) -> None:

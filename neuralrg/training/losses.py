@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..physics.fold import fold_phi
+
 LOSS_NAMES = ("reverse_kl", "flow_mcmc", "data")
 AFTER_NAMES = ("reverse_kl", "flow_mcmc")
 SCHEDULE_NAMES = ("constant", "linear")
@@ -92,10 +94,7 @@ class SignFold(nn.Module):
         """φ(x) per sample, shape (B,); odd in x."""
         if x.shape[-2:] != (self.L, self.L):
             raise ValueError(f"SignFold built for L = {self.L} got fields of shape {tuple(x.shape[1:])}")
-        scale = 1.0 / math.sqrt(self.L * self.L)
-        if self.kind == "uniform":
-            return self.weight * x.flatten(1).sum(1) * scale
-        return (self.weight * x).flatten(1).sum(1) * scale
+        return fold_phi(x, self.weight)
 
     def log_weight(self, x: torch.Tensor) -> torch.Tensor:
         """ln[2σ(φ(x))] per sample (B,): ln p_φ(x) − ln p(x)."""

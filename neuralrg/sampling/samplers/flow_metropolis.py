@@ -1,11 +1,24 @@
-"""Independence Metropolis with the flow as proposal (exact for any q with full support)."""
+"""Independence Metropolis with the flow as proposal (exact for any q with full support).
+
+``fold`` (Z2-symmetric targets): instead of proposals from q_sym (a forward and an inverse pass
+each), proposals y ~ q (one forward pass; ln q comes with the sample) target the folded density
+p_φ(y) = 2σ(φ(y))·p(y), φ(y) = Σᵢ wᵢ yᵢ/√N (``neuralrg.physics.fold``), with weights
+p̃(y)·2σ(φ(y))/q(y); each kept state then gets a fresh random global sign, x = ±y, which makes the
+chain's states draws of p exactly (½[p_φ(y) + p_φ(−y)] = p(y)). ``fold="auto"`` takes w from a
+checkpoint trained with ``loss.sign_fold`` (``flow.sign_fold_weight``); a number is the size of a uniform
+w, oriented towards the sign of m that q covers (a fold against it leaves q's proposals in the suppressed
+half: still exact, but the chains barely move).
+"""
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import torch
 
+from ...flows.model import random_sign
+from ...physics.fold import fold_log_weight
 from ...physics.importance import pareto_khat
 from ...physics.statistics import ess_fraction
 from ...physics.target import LatticeTarget
@@ -14,21 +27,66 @@ from ..metropolis import independence_metropolis
 from ..progress import NULL_PROGRESS, Deadline, Progress
 from ..registry import Sampler, check_settings
 
-DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, batch_size=4096, max_keep=2048)
+DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, batch_size=4096, max_keep=2048, fold=None)
+
+
+ORIENT_SAMPLES = 256
+
+
+def fold_weight(flow: Any, fold: Any, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """The fold's weight w for ``fold`` = None (no fold), "auto" (the checkpoint's) or a number: a uniform w
+    of that size whose sign is the side of m the plain q covers (from ``ORIENT_SAMPLES`` extra draws;
+    call with ``flow.z2`` off)."""
+    if fold is None:
+        return None
+    if not flow.target.z2_symmetric:
+        raise ValueError(f"fold needs a Z2-symmetric target; {type(flow.target).__name__} is not")
+    if isinstance(fold, str):
+        if fold != "auto":
+            raise ValueError(f"fold must be null, 'auto' or a number, got {fold!r}")
+        w = getattr(flow, "sign_fold_weight", None)
+        if w is None:
+            raise ValueError("fold=auto needs a flow trained with loss.sign_fold (its checkpoint holds the fold's "
+                             "weight); this one has none: give fold=<number> (e.g. 0.3) or leave fold null")
+        return w.to(device=flow.device, dtype=flow.dtype)
+    if isinstance(fold, bool) or not isinstance(fold, (int, float)) or not math.isfinite(float(fold)):
+        raise ValueError(f"fold must be null, 'auto' or a finite number, got {fold!r}")
+    # the fold must favour the sign of m that q covers: oriented by 256 extra draws of the plain q
+    # (independent of the chains' proposals, so the sampler stays exact)
+    with torch.no_grad():
+        y = flow.sample(ORIENT_SAMPLES, generator=generator)[0]
+    side = 1.0 if float(y.sum()) >= 0 else -1.0
+    return torch.tensor(side * abs(float(fold)), device=flow.device, dtype=flow.dtype)
 
 
 @torch.no_grad()
 def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samples: int = 500,
-                        batch_size: int = 4096, max_keep: int = 2048,
+                        batch_size: int = 4096, max_keep: int = 2048, fold: Any = None,
                         generator: torch.Generator | None = None, progress: Progress | None = None,
                         max_time: float | None = None) -> ChainRun:
     """C chains, n_warmup + n_samples steps each (the first proposal is the start), log-weights
     ln p̃(x) − ln q(x). ``progress`` hears of every batch of proposals (in steps of all chains);
     ``max_time``: wall seconds of proposals after warm-up, then the chains stop at the last
     complete step (>= 2 kept; ``ChainRun.partial``); under a budget, batches shrink to what the
-    remaining time allows (at least one step of all chains), so the overrun is about one step."""
+    remaining time allows (at least one step of all chains), so the overrun is about one step.
+    ``fold``: see the module docstring (the plain q is used whatever ``flow.z2`` says; the kept
+    latents z then map to ±x, as for a Z2 flow, and log_q is ln q of the unsigned draw)."""
     check_settings(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, batch_size=batch_size,
                    max_keep=max_keep)
+    z2_before = flow.z2
+    if fold is not None:
+        flow.z2 = False
+    try:
+        w_fold = fold_weight(flow, fold, generator)
+        return _flow_metropolis(flow, n_chains, n_warmup, n_samples, batch_size, max_keep, w_fold, generator,
+                                progress, max_time)
+    finally:
+        flow.z2 = z2_before
+
+
+def _flow_metropolis(flow: Any, n_chains: int, n_warmup: int, n_samples: int, batch_size: int, max_keep: int,
+                     w_fold: torch.Tensor | None, generator: torch.Generator | None, progress: Progress | None,
+                     max_time: float | None) -> ChainRun:
     T = n_warmup + n_samples
     L = flow.L
     sync(flow.latent_levels)
@@ -53,7 +111,10 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
             b = min(b, max(n_chains, int(left / per_draw) // n_chains * n_chains))
         tb = time.perf_counter()
         z, x, lq = flow.sample_with_latent(b, generator=generator)
-        xs.append(x), zs.append(z), lqs.append(lq), lws.append(flow.target.log_prob(x) - lq)
+        lw_b = flow.target.log_prob(x) - lq
+        if w_fold is not None:
+            lw_b = lw_b + fold_log_weight(x, w_fold)
+        xs.append(x), zs.append(z), lqs.append(lq), lws.append(lw_b)
         if max_time is not None:
             sync(lq)
             per_draw = (time.perf_counter() - tb) / b
@@ -83,6 +144,8 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
     idx, acc = independence_metropolis(lw, generator)
     idx = idx[:, n_warmup:]
     chain_x = torch.gather(x_all, 1, idx[:, :, None, None].expand(-1, -1, L, L))
+    if w_fold is not None:  # y ~ p_φ, then x = ±y ~ p
+        chain_x = random_sign(chain_x.reshape(-1, L, L), generator).reshape(chain_x.shape)
     # observed step-major, whole steps per call: the target's observables see the C chains of one
     # step side by side (the replica overlap pairs chain 2i with chain 2i+1 at the same step)
     step_major = chain_x.transpose(0, 1)  # (T, C, L, L)
@@ -97,13 +160,14 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
     keep = keep_every(n_samples, n_chains, max_keep)
     sel = idx[:, torch.arange(0, n_samples, keep, device=idx.device)].T  # (T_kept, C): step-major
     rows = torch.arange(n_chains, device=sel.device)[None, :]
-    kx = x_all[rows, sel].reshape(-1, L, L)[:max_keep]
+    kx = chain_x.transpose(0, 1)[torch.arange(0, n_samples, keep, device=idx.device)].reshape(-1, L, L)[:max_keep]
     kz = z_all[rows, sel].reshape(-1, L, L)[:max_keep]
     klq = lq_all[rows, sel].reshape(-1)[:max_keep]
     return ChainRun("flow_metropolis", observables, kx, kz, klq, flow.target.energy(kx),
                     float(acc[:, n_warmup:].to(torch.float64).mean()), wall / T, wall,
                     dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=requested,
-                         ess_fraction=ess_fraction(lw.flatten()), khat=pareto_khat(lw.flatten())),
+                         ess_fraction=ess_fraction(lw.flatten()), khat=pareto_khat(lw.flatten()),
+                         fold=None if w_fold is None else w_fold.tolist()),
                     start=x_all[:, 0], partial=partial)
 
 
