@@ -73,9 +73,11 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
     latents z then map to ±x, as for a Z2 flow, and log_q is ln q of the unsigned draw)."""
     check_settings(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, batch_size=batch_size,
                    max_keep=max_keep)
+    if fold is None:  # any flow with sample_with_latent, L, target, latent_levels
+        return _flow_metropolis(flow, n_chains, n_warmup, n_samples, batch_size, max_keep, None, generator,
+                                progress, max_time)
     z2_before = flow.z2
-    if fold is not None:
-        flow.z2 = False
+    flow.z2 = False
     try:
         w_fold = fold_weight(flow, fold, generator)
         return _flow_metropolis(flow, n_chains, n_warmup, n_samples, batch_size, max_keep, w_fold, generator,
