@@ -479,6 +479,9 @@ def test_folded_flow_metropolis_bad_settings():
     for bad in ("yes", float("nan"), True):
         with pytest.raises(ValueError, match="fold must be null, 'auto' or a"):
             run_flow_metropolis(f, n_chains=4, n_warmup=1, n_samples=2, fold=bad)
+    from neuralrg.sampling.registry import resolve_settings
+    with pytest.raises(ValueError, match="fold must be null, 'auto' or a"):  # before any sampling
+        resolve_settings("flow_metropolis", {}, {"fold": "yes"})
     f.sign_fold_weight = torch.zeros(8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="shaped like one field"):
         run_flow_metropolis(f, n_chains=4, n_warmup=1, n_samples=2, fold="auto")

@@ -30,16 +30,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..physics.fold import fold_phi
+from ..physics.fold import fold_log_weight, fold_phi
 
 LOSS_NAMES = ("reverse_kl", "flow_mcmc", "data")
 AFTER_NAMES = ("reverse_kl", "flow_mcmc")
 SCHEDULE_NAMES = ("constant", "linear")
 FOLD_KINDS = ("uniform", "field")
-_LN2 = math.log(2.0)
 
 __all__ = ["LOSS_NAMES", "FOLD_KINDS", "WeightSchedule", "LossConfig", "SignFold", "reverse_kl",
            "forward_kl", "mixed_loss", "forward_gap"]
@@ -90,15 +88,19 @@ class SignFold(nn.Module):
         shape = () if kind == "uniform" else (self.L, self.L)
         self.weight = nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
 
-    def phi(self, x: torch.Tensor) -> torch.Tensor:
-        """φ(x) per sample, shape (B,); odd in x."""
+    def _check(self, x: torch.Tensor) -> None:
         if x.shape[-2:] != (self.L, self.L):
             raise ValueError(f"SignFold built for L = {self.L} got fields of shape {tuple(x.shape[1:])}")
+
+    def phi(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x) per sample, shape (B,); odd in x."""
+        self._check(x)
         return fold_phi(x, self.weight)
 
     def log_weight(self, x: torch.Tensor) -> torch.Tensor:
         """ln[2σ(φ(x))] per sample (B,): ln p_φ(x) − ln p(x)."""
-        return _LN2 + F.logsigmoid(self.phi(x))
+        self._check(x)
+        return fold_log_weight(x, self.weight)
 
 
 def forward_gap(log_q: torch.Tensor, energy: torch.Tensor, log_z: float) -> torch.Tensor:

@@ -28,29 +28,36 @@ from ..progress import NULL_PROGRESS, Deadline, Progress
 from ..registry import Sampler, check_settings
 
 DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, batch_size=4096, max_keep=2048, fold=None)
-
-
 ORIENT_SAMPLES = 256
+
+
+def check_fold(fold: Any) -> None:
+    """ValueError unless ``fold`` is None, "auto" or a finite number."""
+    number = not isinstance(fold, bool) and isinstance(fold, (int, float)) and math.isfinite(float(fold))
+    if not (fold is None or fold == "auto" or number):
+        raise ValueError(f"fold must be null, 'auto' or a finite number, got {fold!r}")
+
+
+def _check_settings(s: dict[str, Any]) -> None:
+    """The registry's check of resolved settings: a bad fold is refused before any sampling."""
+    check_fold(s.get("fold"))
 
 
 def fold_weight(flow: Any, fold: Any, generator: torch.Generator | None = None) -> torch.Tensor | None:
     """The fold's weight w for ``fold`` = None (no fold), "auto" (the checkpoint's) or a number: a uniform w
     of that size whose sign is the side of m the plain q covers (from ``ORIENT_SAMPLES`` extra draws;
     call with ``flow.z2`` off)."""
+    check_fold(fold)
     if fold is None:
         return None
     if not flow.target.z2_symmetric:
         raise ValueError(f"fold needs a Z2-symmetric target; {type(flow.target).__name__} is not")
-    if isinstance(fold, str):
-        if fold != "auto":
-            raise ValueError(f"fold must be null, 'auto' or a number, got {fold!r}")
+    if fold == "auto":
         w = getattr(flow, "sign_fold_weight", None)
         if w is None:
             raise ValueError("fold=auto needs a flow trained with loss.sign_fold (its checkpoint holds the fold's "
                              "weight); this one has none: give fold=<number> (e.g. 0.3) or leave fold null")
         return w.to(device=flow.device, dtype=flow.dtype)
-    if isinstance(fold, bool) or not isinstance(fold, (int, float)) or not math.isfinite(float(fold)):
-        raise ValueError(f"fold must be null, 'auto' or a finite number, got {fold!r}")
     # the fold must favour the sign of m that q covers: oriented by 256 extra draws of the plain q
     # (independent of the chains' proposals, so the sampler stays exact)
     with torch.no_grad():
@@ -160,9 +167,10 @@ def _flow_metropolis(flow: Any, n_chains: int, n_warmup: int, n_samples: int, ba
     sync(lw)
     wall = time.perf_counter() - t0
     keep = keep_every(n_samples, n_chains, max_keep)
-    sel = idx[:, torch.arange(0, n_samples, keep, device=idx.device)].T  # (T_kept, C): step-major
+    kept_steps = torch.arange(0, n_samples, keep, device=idx.device)
+    sel = idx[:, kept_steps].T  # (T_kept, C): step-major
     rows = torch.arange(n_chains, device=sel.device)[None, :]
-    kx = chain_x.transpose(0, 1)[torch.arange(0, n_samples, keep, device=idx.device)].reshape(-1, L, L)[:max_keep]
+    kx = step_major[kept_steps].reshape(-1, L, L)[:max_keep]  # signed, as observed
     kz = z_all[rows, sel].reshape(-1, L, L)[:max_keep]
     klq = lq_all[rows, sel].reshape(-1)[:max_keep]
     return ChainRun("flow_metropolis", observables, kx, kz, klq, flow.target.energy(kx),
@@ -179,4 +187,4 @@ def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.G
 
 
 SAMPLER = Sampler("flow_metropolis", _run, DEFAULTS,
-                  "independence Metropolis with flow proposals, weights p̃(x)/q(x)")
+                  "independence Metropolis with flow proposals, weights p̃(x)/q(x)", validate=_check_settings)
