@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from neuralrg.pipelines.sample import format_table, run_sampling
+from neuralrg.sampling.registry import available
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -37,7 +38,7 @@ def main() -> None:
                     help="kept trajectories for physical HMC (cheap: give it more to converge its τ window)")
     ap.add_argument("--metropolis-samples", type=int, default=None)
     ap.add_argument("--hybrid-k", type=int, default=None, help="HMC trajectories per flow move of the hybrid (default 2)")
-    ap.add_argument("--fold", default=None, help="flow Metropolis with the sign fold: auto (the run's) or a number")
+    ap.add_argument("--fold", default=None, help="the sign fold (flow Metropolis, latent HMC samplers): auto (the run's) or a number")
     ap.add_argument("--no-symmetrize", action="store_true", help="sample with the plain (not Z2) flow")
     ap.add_argument("--samplers", nargs="+", default=["latent_hmc", "physical_hmc", "flow_metropolis"])
     ap.add_argument("--tag", default="", help="suffix of the result file name, e.g. _silu_pc")
@@ -52,9 +53,11 @@ def main() -> None:
         per["flow_metropolis"] = {"n_samples": args.metropolis_samples}
     if args.hybrid_k is not None:
         per["hybrid"] = {"k": args.hybrid_k}
-    if args.fold is not None:
+    if args.fold is not None:  # every sampler that takes it: flow Metropolis and the latent HMC samplers
         fold = args.fold if args.fold == "auto" else float(args.fold)
-        per["flow_metropolis"] = {**per.get("flow_metropolis", {}), "fold": fold}
+        for name in args.samplers:
+            if "fold" in available()[name].defaults:
+                per[name] = {**per.get(name, {}), "fold": fold}
     summary = run_sampling(run=args.run, samplers=args.samplers, settings=settings, per_sampler=per,
                            symmetrize=not args.no_symmetrize,
                            out_dir=str(RESULTS / "sampling_runs" / (Path(args.run).name + args.tag)), importance_samples=16384)

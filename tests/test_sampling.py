@@ -22,6 +22,7 @@ import torch
 from helpers import tiny_trained_flow
 from neuralrg.checkpoint import CheckpointError
 from neuralrg.physics.exact import exact_solution
+from neuralrg.physics.fold import fold_log_weight
 from neuralrg.sampling import (independence_metropolis, latent_potential, physical_potential_and_grad,
                                run_flow_metropolis, run_latent_hmc, run_physical_hmc, summarize_run)
 from neuralrg.pipelines import sample as pipeline
@@ -463,7 +464,7 @@ def test_folded_flow_metropolis_is_exact_and_samples_both_signs(fold):
 
 def test_folded_flow_metropolis_orients_a_number_towards_q():
     """fold = ±a gives the same weight: its sign is the side of m the plain q covers."""
-    from neuralrg.sampling.samplers.flow_metropolis import fold_weight
+    from neuralrg.sampling.fold import fold_weight
     f = tiny_trained_flow()
     w1 = fold_weight(f, 0.7, gen(5))
     w2 = fold_weight(f, -0.7, gen(5))
@@ -485,3 +486,46 @@ def test_folded_flow_metropolis_bad_settings():
     f.sign_fold_weight = torch.zeros(8, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="shaped like one field"):
         run_flow_metropolis(f, n_chains=4, n_warmup=1, n_samples=2, fold="auto")
+
+
+@pytest.mark.parametrize("name", ["latent_hmc", "blocked_latent_hmc", "latent_hmc_flow_mh"])
+def test_folded_latent_hmc_is_exact_and_samples_both_signs(name):
+    """Latent HMC on the pull-back of p_φ through the plain q, then a random sign: energy at L = 4, K_c
+    within 4σ of exact; m takes both signs in equal shares; x = ±g(z) with log_q the plain q's; flow.z2
+    restored. The potential is the folded one: U(z) − ½|z|² + ln 2σ(φ(g(z))) = ln q − ln p̃ at g(z)."""
+    from neuralrg.sampling.registry import resolve_settings, run_sampler
+    f = tiny_trained_flow(z2=True)  # the fold must use the plain q whatever flow.z2 says
+    s = resolve_settings(name, dict(n_chains=64, n_warmup=40, n_samples=150, n_leapfrog=4, fold=1.0, **HMC),
+                         {"k": 1} if name == "latent_hmc_flow_mh" else {})
+    r = run_sampler(name, f, f.target, s, gen(12))
+    assert f.z2  # restored
+    summ = summarize_run(r, f.target)
+    check_exact(summ, "energy_per_site", 4, f.target.K, max_err=0.02)
+    signs = torch.sign(r.x.sum(dim=(1, 2)))
+    assert 0.35 < float((signs > 0).to(F64).mean()) < 0.65, "both signs of m, in equal shares"
+    assert summ["settings"]["fold"] is not None
+    torch.testing.assert_close(r.energy, f.target.energy(r.x))
+    with torch.no_grad():
+        f.z2 = False
+        gz, log_det = f.forward_and_log_det(r.z)
+        same = torch.isclose(r.x, gz).flatten(1).all(1) | torch.isclose(r.x, -gz).flatten(1).all(1)
+        assert bool(same.all())
+        log_q = f.log_prob_from_forward(r.z, gz, log_det)
+        torch.testing.assert_close(r.log_q, log_q)
+        w = torch.tensor(summ["settings"]["fold"], dtype=F64)
+        u = latent_potential(f, w)(r.z)
+        lhs = u - 0.5 * r.z.flatten(1).square().sum(1) + fold_log_weight(gz, w)
+        rhs = log_q - f.target.log_prob(gz)
+        torch.testing.assert_close(lhs - lhs[0], rhs - rhs[0])
+        f.z2 = True
+
+
+@pytest.mark.parametrize("name", ["latent_hmc", "blocked_latent_hmc", "latent_hmc_flow_mh"])
+def test_folded_latent_hmc_bad_settings(name):
+    from neuralrg.sampling.registry import resolve_settings, run_sampler
+    with pytest.raises(ValueError, match="fold must be null, 'auto' or a"):  # when settings are resolved
+        resolve_settings(name, {}, {"fold": "yes"})
+    f = tiny_trained_flow()
+    s = resolve_settings(name, dict(n_chains=2, n_warmup=1, n_samples=2, fold="auto"), {})
+    with pytest.raises(ValueError, match="fold=auto needs a flow trained with loss.sign_fold"):
+        run_sampler(name, f, f.target, s, gen(1))

@@ -85,15 +85,16 @@ def thinned_observer(target: LatticeTarget, generator: torch.Generator | None, n
     return observe, kept
 
 
-def latent_outputs(flow: Any, z: torch.Tensor, generator: torch.Generator | None
+def latent_outputs(flow: Any, z: torch.Tensor, generator: torch.Generator | None, signed: bool | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x, log q(x), E(x)) of kept latents z: x = g(z) (±g(z) with a random sign for Z2)."""
+    """(x, log q(x), E(x)) of kept latents z: x = g(z), ±g(z) with a random sign if ``signed``
+    (default ``flow.z2``); log q is q_sym's with ``flow.z2``, else the plain q's of g(z)."""
     from ..flows.model import random_sign
 
     with torch.no_grad():
         x, log_det = flow.forward_and_log_det(z)
         log_q = flow.log_prob_from_forward(z, x, log_det)
-        if flow.z2:
+        if flow.z2 if signed is None else signed:
             x = random_sign(x, generator)
         return x, log_q, flow.target.energy(x)
 

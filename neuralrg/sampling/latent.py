@@ -5,7 +5,11 @@ Latent HMC samples z from π(z) ∝ exp(−U(z)) and returns x = g(z), exact dra
 * plain flow: U(z) = E(g(z)) − ln|det ∂g/∂z|  (= −[ln N(z) + ln p̃(x) − ln q(x)] + const);
 * Z2-symmetrised flow: U(z) = E(x) + ln q_sym(x) − ln N(z), x = g(z), and the returned sample
   is s·x with a fresh random sign s = ±1. Exact because p̃ and q_sym are even: the density of
-  g(z) is q·p̃/q_sym, and symmetrising it over the sign gives p̃.
+  g(z) is q·p̃/q_sym, and symmetrising it over the sign gives p̃. Each U costs an inverse pass
+  (ln q(−x)) besides the forward one.
+* sign fold (``fold`` a weight w, ``neuralrg.sampling.fold``): U(z) = E(y) − ln|det ∂g/∂z| −
+  ln 2σ(φ(y)), y = g(z) with the plain q, and the returned sample is ±y with a fresh random sign.
+  The density of y is p_φ = 2σ(φ)·p, whose sign-symmetrisation is p; one forward pass per U.
 
 Totals over the lattice, natural log; z and x shaped (C, L, L).
 """
@@ -16,16 +20,20 @@ from typing import Callable
 import torch
 
 from ..flows.model import NeuralRGFlow, random_sign
+from ..physics.fold import fold_log_weight
 from ..physics.target import LatticeTarget
 
 
-def latent_potential(flow: NeuralRGFlow) -> Callable[[torch.Tensor], torch.Tensor]:
-    """U(z) for latent-space HMC with ``flow`` (Z2 handled as described above), shape (C,)."""
+def latent_potential(flow: NeuralRGFlow, fold: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """U(z) for latent-space HMC with ``flow``, shape (C,): Z2 and the sign fold ``fold`` (a weight,
+    scalar or (L, L); the plain q is then used whatever ``flow.z2`` says) as described above."""
     target = flow.target
 
     def potential(z: torch.Tensor) -> torch.Tensor:
         x, log_det = flow.forward_and_log_det(z)
         u = target.energy(x) - log_det
+        if fold is not None:
+            return u - fold_log_weight(x, fold)
         if flow.z2:  # + ln q_sym(x) − ln q(x)
             log_q, log_q_sym = flow.forward_densities(z, x, log_det)
             u = u + log_q_sym - log_q
@@ -44,8 +52,9 @@ def physical_potential_and_grad(target: LatticeTarget) -> Callable[[torch.Tensor
 
 
 @torch.no_grad()
-def latent_to_physical(flow: NeuralRGFlow, z: torch.Tensor, generator: torch.Generator | None = None
-                       ) -> torch.Tensor:
-    """x = g(z) for a batch of latent states; with Z2 a random global sign per sample."""
+def latent_to_physical(flow: NeuralRGFlow, z: torch.Tensor, generator: torch.Generator | None = None,
+                       signed: bool | None = None) -> torch.Tensor:
+    """x = g(z) for a batch of latent states, with a random global sign per sample if ``signed``
+    (default: ``flow.z2``; the sign fold needs it too)."""
     x = flow.forward(z)
-    return random_sign(x, generator) if flow.z2 else x
+    return random_sign(x, generator) if (flow.z2 if signed is None else signed) else x

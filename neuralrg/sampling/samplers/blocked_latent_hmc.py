@@ -7,6 +7,7 @@ import torch
 
 from ...physics.target import LatticeTarget
 from ..chains import ChainRun
+from ..fold import validate_fold
 from ..progress import Progress
 from ..registry import Sampler
 from .latent_hmc import DEFAULTS, level_blocks, run_latent_hmc
@@ -30,4 +31,5 @@ def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.G
 
 
 SAMPLER = Sampler("blocked_latent_hmc", _run, {**DEFAULTS, "block_levels": None},
-                  "latent HMC cycling through blocks of RG levels (default: top two levels, then the rest)")
+                  "latent HMC cycling through blocks of RG levels (default: top two levels, then the rest)",
+                  validate=validate_fold)

@@ -1,17 +1,12 @@
 """Independence Metropolis with the flow as proposal (exact for any q with full support).
 
-``fold`` (Z2-symmetric targets): instead of proposals from q_sym (a forward and an inverse pass
-each), proposals y ~ q (one forward pass; ln q comes with the sample) target the folded density
-p_φ(y) = 2σ(φ(y))·p(y), φ(y) = Σᵢ wᵢ yᵢ/√N (``neuralrg.physics.fold``), with weights
-p̃(y)·2σ(φ(y))/q(y); each kept state then gets a fresh random global sign, x = ±y, which makes the
-chain's states draws of p exactly (½[p_φ(y) + p_φ(−y)] = p(y)). ``fold="auto"`` takes w from a
-checkpoint trained with ``loss.sign_fold`` (``flow.sign_fold_weight``); a number is the size of a uniform
-w, oriented towards the sign of m that q covers (a fold against it leaves q's proposals in the suppressed
-half: still exact, but the chains barely move).
+``fold`` (Z2-symmetric targets, ``neuralrg.sampling.fold``): instead of proposals from q_sym (a
+forward and an inverse pass each), proposals y ~ q (one forward pass; ln q comes with the sample)
+target the folded density p_φ(y) = 2σ(φ(y))·p(y) with weights p̃(y)·2σ(φ(y))/q(y); each kept state
+then gets a fresh random global sign, x = ±y, which makes the chain's states draws of p exactly.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -23,47 +18,12 @@ from ...physics.importance import pareto_khat
 from ...physics.statistics import ess_fraction
 from ...physics.target import LatticeTarget
 from ..chains import ChainRun, keep_every, observe_fn, sync
+from ..fold import folded, validate_fold
 from ..metropolis import independence_metropolis
 from ..progress import NULL_PROGRESS, Deadline, Progress
 from ..registry import Sampler, check_settings
 
 DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, batch_size=4096, max_keep=2048, fold=None)
-ORIENT_SAMPLES = 256
-
-
-def check_fold(fold: Any) -> None:
-    """ValueError unless ``fold`` is None, "auto" or a finite number."""
-    number = not isinstance(fold, bool) and isinstance(fold, (int, float)) and math.isfinite(float(fold))
-    if not (fold is None or fold == "auto" or number):
-        raise ValueError(f"fold must be null, 'auto' or a finite number, got {fold!r}")
-
-
-def _check_settings(s: dict[str, Any]) -> None:
-    """The registry's check of resolved settings: a bad fold is refused before any sampling."""
-    check_fold(s.get("fold"))
-
-
-def fold_weight(flow: Any, fold: Any, generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """The fold's weight w for ``fold`` = None (no fold), "auto" (the checkpoint's) or a number: a uniform w
-    of that size whose sign is the side of m the plain q covers (from ``ORIENT_SAMPLES`` extra draws;
-    call with ``flow.z2`` off)."""
-    check_fold(fold)
-    if fold is None:
-        return None
-    if not flow.target.z2_symmetric:
-        raise ValueError(f"fold needs a Z2-symmetric target; {type(flow.target).__name__} is not")
-    if fold == "auto":
-        w = getattr(flow, "sign_fold_weight", None)
-        if w is None:
-            raise ValueError("fold=auto needs a flow trained with loss.sign_fold (its checkpoint holds the fold's "
-                             "weight); this one has none: give fold=<number> (e.g. 0.3) or leave fold null")
-        return w.to(device=flow.device, dtype=flow.dtype)
-    # the fold must favour the sign of m that q covers: oriented by 256 extra draws of the plain q
-    # (independent of the chains' proposals, so the sampler stays exact)
-    with torch.no_grad():
-        y = flow.sample(ORIENT_SAMPLES, generator=generator)[0]
-    side = 1.0 if float(y.sum()) >= 0 else -1.0
-    return torch.tensor(side * abs(float(fold)), device=flow.device, dtype=flow.dtype)
 
 
 @torch.no_grad()
@@ -80,17 +40,9 @@ def run_flow_metropolis(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n
     latents z then map to ±x, as for a Z2 flow, and log_q is ln q of the unsigned draw)."""
     check_settings(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, batch_size=batch_size,
                    max_keep=max_keep)
-    if fold is None:  # any flow with sample_with_latent, L, target, latent_levels
-        return _flow_metropolis(flow, n_chains, n_warmup, n_samples, batch_size, max_keep, None, generator,
-                                progress, max_time)
-    z2_before = flow.z2
-    flow.z2 = False
-    try:
-        w_fold = fold_weight(flow, fold, generator)
+    with folded(flow, fold, generator) as w_fold:  # without a fold: any flow with sample_with_latent, L, ...
         return _flow_metropolis(flow, n_chains, n_warmup, n_samples, batch_size, max_keep, w_fold, generator,
                                 progress, max_time)
-    finally:
-        flow.z2 = z2_before
 
 
 def _flow_metropolis(flow: Any, n_chains: int, n_warmup: int, n_samples: int, batch_size: int, max_keep: int,
@@ -187,4 +139,4 @@ def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.G
 
 
 SAMPLER = Sampler("flow_metropolis", _run, DEFAULTS,
-                  "independence Metropolis with flow proposals, weights p̃(x)/q(x)", validate=_check_settings)
+                  "independence Metropolis with flow proposals, weights p̃(x)/q(x)", validate=validate_fold)

@@ -10,7 +10,8 @@ ratio is
     π(z') N(z) / (π(z) N(z')) = w(x') / w(x),   w = p̃/q (q_sym for Z2) at x = g(z),
 
 the flow-Metropolis ratio. We evaluate ln w(z) = −U(z) + ½|z|² (equal to ln p̃ − ln q up to a
-constant, so no extra flow pass is needed). k = 0 is pure flow Metropolis in latent space.
+constant, so no extra flow pass is needed). k = 0 is pure flow Metropolis in latent space. With
+``fold`` U is the sign-folded potential (``latent_potential``) and w = p̃·2σ(φ)/q.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 
 from ...physics.target import LatticeTarget
 from ..chains import ChainRun, latent_outputs, thinned_observer
+from ..fold import folded, validate_fold
 from ..hmc import cuda_graphed, make_potential_and_grad
 from ..latent import latent_potential, latent_to_physical
 from ..progress import Progress
@@ -42,9 +44,9 @@ def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100
                            k: int = 2, n_leapfrog: int = 10, step_size: float = 0.1, target_accept: float = 0.8,
                            max_keep: int = 2048, generator: torch.Generator | None = None,
                            progress: Progress | None = None, max_time: float | None = None,
-                           cuda_graph: bool = False) -> ChainRun:
+                           cuda_graph: bool = False, fold: Any = None) -> ChainRun:
     """Latent HMC with a flow-Metropolis global move before every k trajectories (module
-    docstring); ``cuda_graph`` as in ``run_latent_hmc``. ``ChainRun.accept`` is the global-move
+    docstring); ``cuda_graph`` and ``fold`` as in ``run_latent_hmc``. ``ChainRun.accept`` is the global-move
     acceptance rate; settings hold it (``flow_mh_accept``) and the HMC acceptance probability
     (``hmc_accept``). The flow's parameters are frozen during the run."""
     s = dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
@@ -53,26 +55,33 @@ def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100
     check_settings(cuda_graph=cuda_graph)
     shape = (flow.L, flow.L)
     z0 = torch.randn((n_chains, *shape), dtype=flow.dtype, device=flow.device, generator=generator)
-    observe, kept = thinned_observer(flow.target, generator, n_samples, n_chains, max_keep,
-                                     lambda z: latent_to_physical(flow, z, generator))
-    pg = make_potential_and_grad(latent_potential(flow))
+    with folded(flow, fold, generator) as w_fold, flow.frozen():
+        signed = flow.z2 or w_fold is not None
+        observe, kept = thinned_observer(flow.target, generator, n_samples, n_chains, max_keep,
+                                         lambda z: latent_to_physical(flow, z, generator, signed))
+        pg = make_potential_and_grad(latent_potential(flow, w_fold))
 
-    def propose(C: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        z = torch.randn((C, *shape), dtype=flow.dtype, device=flow.device, generator=generator)
-        U, g = pg(z)
-        return z, U, g, latent_log_weight(z, U)
+        def propose(C: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            z = torch.randn((C, *shape), dtype=flow.dtype, device=flow.device, generator=generator)
+            U, g = pg(z)
+            return z, U, g, latent_log_weight(z, U)
 
-    with flow.frozen():
         if cuda_graph:
             pg = cuda_graphed(pg, z0)
         res = run_mh_hmc(z0, pg, latent_log_weight, propose, k=k, n_warmup=n_warmup, n_samples=n_samples,
                          n_leapfrog=n_leapfrog, step_size=step_size, target_accept=target_accept,
                          observe=observe, generator=generator, progress=progress, max_time=max_time)
-    z = torch.cat(kept)[:max_keep]
-    x, log_q, energy = latent_outputs(flow, z, generator)
+        z = torch.cat(kept)[:max_keep]
+        x, log_q, energy = latent_outputs(flow, z, generator, signed)
     return res.chain_run("latent_hmc_flow_mh", x, z, log_q, energy, z0,
                          dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k,
-                              n_leapfrog=n_leapfrog, target_accept=target_accept))
+                              n_leapfrog=n_leapfrog, target_accept=target_accept,
+                              fold=None if w_fold is None else w_fold.tolist()))
+
+
+def _validate(s: dict[str, Any]) -> None:
+    check_hybrid_settings(s)
+    validate_fold(s)
 
 
 def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,
@@ -82,4 +91,4 @@ def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.G
 
 SAMPLER = Sampler("latent_hmc_flow_mh", _run, DEFAULTS,
                   "latent HMC (k trajectories a step) interleaved with flow-Metropolis global moves z' ~ N(0, I)",
-                  validate=check_hybrid_settings)
+                  validate=_validate)
