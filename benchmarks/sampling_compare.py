@@ -38,7 +38,8 @@ def main() -> None:
                     help="kept trajectories for physical HMC (cheap: give it more to converge its τ window)")
     ap.add_argument("--metropolis-samples", type=int, default=None)
     ap.add_argument("--hybrid-k", type=int, default=None, help="HMC trajectories per flow move of the hybrid (default 2)")
-    ap.add_argument("--fold", default=None, help="the sign fold (flow Metropolis, latent HMC samplers): auto (the run's) or a number")
+    ap.add_argument("--fold", default=None,
+                    help="the sign fold (flow Metropolis, hybrid, latent HMC samplers): auto (the run's) or a number")
     ap.add_argument("--no-symmetrize", action="store_true", help="sample with the plain (not Z2) flow")
     ap.add_argument("--samplers", nargs="+", default=["latent_hmc", "physical_hmc", "flow_metropolis"])
     ap.add_argument("--tag", default="", help="suffix of the result file name, e.g. _silu_pc")
@@ -53,7 +54,7 @@ def main() -> None:
         per["flow_metropolis"] = {"n_samples": args.metropolis_samples}
     if args.hybrid_k is not None:
         per["hybrid"] = {"k": args.hybrid_k}
-    if args.fold is not None:  # every sampler that takes it: flow Metropolis and the latent HMC samplers
+    if args.fold is not None:  # every sampler that takes it: flow Metropolis, hybrid and the latent HMC samplers
         fold = args.fold if args.fold == "auto" else float(args.fold)
         for name in args.samplers:
             if "fold" in available()[name].defaults:

@@ -71,3 +71,22 @@ def compose_train(*overrides: str):
             return compose(config_name="train", overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
+
+
+def assert_unsigned_states_follow_p_phi(r: Any, flow: Any, tol: float = 0.03) -> None:
+    """A sign-folded run's unsigned states y = g(z) are draws of p_φ = 2σ(φ)·p, not of p: for odd f,
+    E_{p_φ}[f] = E_p[tanh(φ/2)·f], so ⟨tanh(φ(y)/2)⟩ must equal ⟨tanh²(φ(x)/2)⟩ over the signed x ~ p
+    (a sampler whose moves target p instead would give a value near 0)."""
+    from neuralrg.physics.fold import fold_phi
+
+    w = torch.tensor(r.settings["fold"], dtype=r.x.dtype)
+    z2 = flow.z2
+    flow.z2 = False
+    try:
+        with torch.no_grad():
+            y = flow.forward(r.z)
+    finally:
+        flow.z2 = z2
+    a = float(torch.tanh(fold_phi(y, w) / 2).mean())
+    b = float((torch.tanh(fold_phi(r.x, w) / 2) ** 2).mean())
+    assert abs(a - b) < tol, f"unsigned states: <tanh(phi/2)> = {a:.3f}, but p_phi needs <tanh^2(phi/2)> = {b:.3f}"

@@ -21,7 +21,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import save_checkpoint, tiny_trained_flow
+from helpers import assert_unsigned_states_follow_p_phi, save_checkpoint, tiny_trained_flow
 from neuralrg.flows import build_mera
 from neuralrg.physics.exact import exact_solution
 from neuralrg.physics.ising import IsingTarget
@@ -192,6 +192,54 @@ def test_hybrid_is_exact(k):
     torch.testing.assert_close(r.energy, f.target.energy(r.x))
     with torch.no_grad():
         torch.testing.assert_close(r.log_q, f.log_prob(r.x))
+
+
+@pytest.mark.parametrize("fold", [1.0, "field"])
+def test_folded_hybrid_is_exact_and_samples_both_signs(fold):
+    """The hybrid on the sign-folded p_φ with the plain q (flow moves and HMC on E − ln 2σ(φ)), then a
+    random sign: energy at L = 4, K_c within 4σ of exact for a uniform and a per-site fold; both signs
+    of m in equal shares; the unsigned states follow p_φ; x = ±g(z) with log_q the plain q's; flow.z2
+    restored."""
+    f = tiny_trained_flow(z2=True)
+    if fold == "field":
+        f.sign_fold_weight = 0.5 + 0.5 * torch.rand(4, 4, dtype=F64, generator=gen(3))
+        fold = "auto"
+    s = resolve_settings("hybrid", None, dict(k=2, n_leapfrog=4, step_size=0.3, n_chains=64, n_warmup=50,
+                                              n_samples=300, fold=fold))
+    r = run_sampler("hybrid", f, f.target, s, gen(5))
+    assert f.z2
+    summ = summarize_run(r, f.target)
+    assert summ["settings"]["fold"] is not None and 0.6 < summ["settings"]["hmc_accept"] < 1
+    assert summ["tau_int"]["energy"]["converged"]
+    within(summ, "energy_per_site", EXACT["energy_per_site"], 0.02)
+    torch.testing.assert_close(r.energy, f.target.energy(r.x))
+    signs = torch.sign(r.x.sum(dim=(1, 2)))
+    assert 0.35 < float((signs > 0).to(F64).mean()) < 0.65
+    assert_unsigned_states_follow_p_phi(r, f)  # both move types target p_φ
+    with torch.no_grad():
+        f.z2 = False
+        gz, log_det = f.forward_and_log_det(r.z)
+        same = torch.isclose(r.x, gz, atol=1e-9).flatten(1).all(1) | torch.isclose(r.x, -gz, atol=1e-9).flatten(1).all(1)
+        assert bool(same.all())
+        torch.testing.assert_close(r.log_q, f.log_prob(gz))
+        f.z2 = True
+    with pytest.raises(ValueError, match="fold must be null, 'auto' or a"):
+        resolve_settings("hybrid", None, {"fold": "yes"})
+
+
+@pytest.mark.parametrize("field", [False, True])
+def test_folded_physical_potential_and_gradient(field):
+    """E(y) − ln 2σ(φ(y)) and its analytic gradient against autograd, float64."""
+    from neuralrg.physics.fold import fold_log_weight
+    from neuralrg.sampling.latent import physical_potential_and_grad
+    target = IsingTarget(4, K_C).to(F64)
+    w = torch.randn(4, 4, dtype=F64, generator=gen(2)) if field else torch.tensor(-0.8, dtype=F64)
+    y = torch.randn((8, 4, 4), dtype=F64, generator=gen(4)).requires_grad_(True)
+    u, g = physical_potential_and_grad(target, w)(y.detach())
+    ref = target.energy(y) - fold_log_weight(y, w)
+    auto = torch.autograd.grad(ref.sum(), y)[0]
+    torch.testing.assert_close(u, ref.detach())
+    torch.testing.assert_close(g, auto)
 
 
 def test_hybrid_flow_moves_accept_everything_when_q_is_p(monkeypatch):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_trained_flow
+from helpers import assert_unsigned_states_follow_p_phi, tiny_trained_flow
 from neuralrg.checkpoint import CheckpointError
 from neuralrg.physics.exact import exact_solution
 from neuralrg.physics.fold import fold_log_weight
@@ -460,6 +460,7 @@ def test_folded_flow_metropolis_is_exact_and_samples_both_signs(fold):
         assert abs(float(m.mean())) < 0.1
     torch.testing.assert_close(r.energy, f.target.energy(r.x))
     assert r.settings["fold"] is not None
+    assert_unsigned_states_follow_p_phi(r, f)
 
 
 def test_folded_flow_metropolis_orients_a_number_towards_q():
@@ -504,6 +505,7 @@ def test_folded_latent_hmc_is_exact_and_samples_both_signs(name):
     signs = torch.sign(r.x.sum(dim=(1, 2)))
     assert 0.35 < float((signs > 0).to(F64).mean()) < 0.65, "both signs of m, in equal shares"
     assert summ["settings"]["fold"] is not None
+    assert_unsigned_states_follow_p_phi(r, f)
     torch.testing.assert_close(r.energy, f.target.energy(r.x))
     with torch.no_grad():
         f.z2 = False

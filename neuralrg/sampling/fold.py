@@ -1,6 +1,6 @@
 """The sign fold in the samplers (``settings.fold``): sample y from p_φ(y) = 2σ(φ(y))·p(y) with the
 plain flow q, then give each kept state a fresh random global sign, x = ±y, a draw of p
-(``neuralrg.physics.fold``). Shared by flow Metropolis and the latent HMC samplers.
+(``neuralrg.physics.fold``). Shared by flow Metropolis, the hybrid and the latent HMC samplers.
 
 ``fold``: None (no fold: the samplers use q_sym or q as ``flow.z2`` says), "auto" (the weight of a
 checkpoint trained with ``loss.sign_fold``, ``flow.sign_fold_weight``) or a number (the size of a

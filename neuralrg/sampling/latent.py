@@ -15,12 +15,13 @@ Totals over the lattice, natural log; z and x shaped (C, L, L).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
 from ..flows.model import NeuralRGFlow, random_sign
-from ..physics.fold import fold_log_weight
+from ..physics.fold import fold_log_weight, fold_phi
 from ..physics.target import LatticeTarget
 
 
@@ -42,13 +43,23 @@ def latent_potential(flow: NeuralRGFlow, fold: torch.Tensor | None = None) -> Ca
     return potential
 
 
-def physical_potential_and_grad(target: LatticeTarget) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(E(x), ∇E(x)) with the target's gradient (analytic where it has one)."""
+def physical_potential_and_grad(target: LatticeTarget, fold: torch.Tensor | None = None
+                                ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(E(x), ∇E(x)) with the target's gradient (analytic where it has one). With a sign-fold
+    weight ``fold`` (scalar or (L, L)): the potential of p_φ, E(y) − ln 2σ(φ(y)), and its gradient
+    ∇E(y) − σ(−φ(y))·w/√N."""
+    if fold is None:
+        def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return target.energy(x), target.grad_energy(x)
+        return fn
 
-    def fn(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return target.energy(x), target.grad_energy(x)
+    def folded_fn(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        phi = fold_phi(y, fold)
+        dphi = (fold / math.sqrt(y.shape[-2] * y.shape[-1])).expand_as(y[0])
+        grad = target.grad_energy(y) - torch.sigmoid(-phi)[:, None, None] * dphi
+        return target.energy(y) - fold_log_weight(y, fold), grad
 
-    return fn
+    return folded_fn
 
 
 @torch.no_grad()

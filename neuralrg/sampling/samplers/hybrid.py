@@ -8,6 +8,11 @@ trajectories repair what the flow gets wrong. k = 0 is pure flow Metropolis. The
 is adapted by dual averaging during warm-up, then frozen. After HMC moves x the current weight
 needs ln q(x): one inverse pass (two with Z2) per step.
 
+``fold`` (``neuralrg.sampling.fold``): the chains run on y targeting the sign-folded p_φ(y) =
+2σ(φ(y))·p(y) with the plain q: proposals y' ~ q (one forward pass), HMC on E(y) − ln 2σ(φ(y)),
+one inverse pass per step for ln q(y); each observed and kept state gets a fresh random global
+sign, x = ±y, a draw of p. Half the flow passes of q_sym's step.
+
 ``run_mh_hmc`` is the shared driver (also used by ``latent_hmc_flow_mh``): any state space, any
 potential, any independence proposal with its log-weights.
 """
@@ -20,7 +25,9 @@ from typing import Any, Callable
 import torch
 
 from ...physics.target import LatticeTarget
+from ...flows.model import random_sign
 from ..chains import ChainRun, physical_outputs, sync, thinned_observer
+from ..fold import folded, validate_fold
 from ..hmc import DualAveraging, hmc_step
 from ..latent import physical_potential_and_grad
 from ..progress import NULL_PROGRESS, Deadline, Progress
@@ -29,7 +36,7 @@ from ..registry import Sampler, check_settings
 Tensor = torch.Tensor
 
 DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, k=2, n_leapfrog=10, step_size=0.1, target_accept=0.8,
-                max_keep=2048)
+                max_keep=2048, fold=None)
 
 
 def check_hybrid_settings(s: dict[str, Any]) -> None:
@@ -159,40 +166,49 @@ def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, 
 
 def run_hybrid(flow: Any, target: LatticeTarget | None = None, *, n_chains: int = 64, n_warmup: int = 100,
                n_samples: int = 400, k: int = 2, n_leapfrog: int = 10, step_size: float = 0.1,
-               target_accept: float = 0.8, max_keep: int = 2048,
+               target_accept: float = 0.8, max_keep: int = 2048, fold: Any = None,
                generator: torch.Generator | None = None, progress: Progress | None = None,
                max_time: float | None = None) -> ChainRun:
     """Flow-Metropolis moves + k physical-HMC trajectories per step (module docstring); chains
     start from flow samples. ``target`` defaults to the flow's. ``ChainRun.accept`` is the
     flow-Metropolis acceptance rate; settings hold it (``flow_mh_accept``) and the HMC acceptance
-    probability (``hmc_accept``) separately. Kept z = g⁻¹(x), log_q = ln q(x) (q_sym for Z2)."""
+    probability (``hmc_accept``) separately. Kept z = g⁻¹(x), log_q = ln q(x) (q_sym for Z2; with
+    ``fold`` the plain q of the unsigned state, and x = ±g(z))."""
     s = dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
              step_size=step_size, target_accept=target_accept, max_keep=max_keep)
     check_hybrid_settings(s)
     target = target if target is not None else flow.target
-    pg = physical_potential_and_grad(target)
+    with folded(flow, fold, generator) as w_fold:
+        pg = physical_potential_and_grad(target, w_fold)
 
-    def propose(C: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        def propose(C: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            with torch.no_grad():
+                _, x, log_q = flow.sample_with_latent(C, generator=generator)
+            U, g = pg(x)
+            return x, U, g, -U - log_q
+
+        def log_weight(x: Tensor, U: Tensor) -> Tensor:
+            with torch.no_grad():
+                return -U - flow.log_prob(x)  # q_sym when flow.z2 (never with the fold)
+
         with torch.no_grad():
-            _, x, log_q = flow.sample_with_latent(C, generator=generator)
-        U, g = pg(x)
-        return x, U, g, -U - log_q
-
-    def log_weight(x: Tensor, U: Tensor) -> Tensor:
-        with torch.no_grad():
-            return -U - flow.log_prob(x)  # q_sym when flow.z2
-
-    with torch.no_grad():
-        x0 = flow.sample(n_chains, generator=generator)[0]
-    observe, kept = thinned_observer(target, generator, n_samples, n_chains, max_keep)
-    res = run_mh_hmc(x0, pg, log_weight, propose, k=k, n_warmup=n_warmup, n_samples=n_samples,
-                     n_leapfrog=n_leapfrog, step_size=step_size, target_accept=target_accept,
-                     observe=observe, generator=generator, progress=progress, max_time=max_time)
-    x = torch.cat(kept)[:max_keep]
-    z, log_q, energy = physical_outputs(flow, target, x)
-    return res.chain_run("hybrid", x, z, log_q, energy, x0,
+            x0 = flow.sample(n_chains, generator=generator)[0]
+        to_physical = (lambda y: random_sign(y, generator)) if w_fold is not None else (lambda x: x)
+        observe, kept = thinned_observer(target, generator, n_samples, n_chains, max_keep, to_physical)
+        res = run_mh_hmc(x0, pg, log_weight, propose, k=k, n_warmup=n_warmup, n_samples=n_samples,
+                         n_leapfrog=n_leapfrog, step_size=step_size, target_accept=target_accept,
+                         observe=observe, generator=generator, progress=progress, max_time=max_time)
+        y = torch.cat(kept)[:max_keep]
+        z, log_q, energy = physical_outputs(flow, target, y)  # E is even: E(±y) = E(y)
+    return res.chain_run("hybrid", to_physical(y), z, log_q, energy, x0,
                          dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k,
-                              n_leapfrog=n_leapfrog, target_accept=target_accept))
+                              n_leapfrog=n_leapfrog, target_accept=target_accept,
+                              fold=None if w_fold is None else w_fold.tolist()))
+
+
+def _validate(s: dict[str, Any]) -> None:
+    check_hybrid_settings(s)
+    validate_fold(s)
 
 
 def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,
@@ -202,4 +218,4 @@ def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.G
 
 SAMPLER = Sampler("hybrid", _run, DEFAULTS,
                   "flow-proposal independence Metropolis interleaved with k physical-HMC trajectories per step",
-                  validate=check_hybrid_settings)
+                  validate=_validate)
