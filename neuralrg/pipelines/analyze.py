@@ -77,6 +77,7 @@ from ..analysis.response import has_preconditioner, response_analysis
 from ..analysis.rg_organisation import rg_organisation
 from ..checkpoint import load_flow, load_flow_at, resolve_checkpoint, target_summary
 from ..plotting import save_figure
+from ..sampling.fold import check_fold
 from ..sampling.progress import NULL_PROGRESS, Progress
 from ..sampling.registry import available, resolve_settings, run_sampler
 from ..spec import dtype_name, parse_dtype
@@ -87,7 +88,7 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"  # flow-Metropolis where a short probe accepts well enough, else latent HMC
 DEFAULT_SETTINGS: dict[str, Any] = dict(n_chains=64, n_warmup=100, n_samples=200, n_leapfrog=10, step_size=0.1,
-                                        target_accept=0.8, max_keep=4096, min_metropolis_acceptance=0.3)
+                                        target_accept=0.8, max_keep=4096, min_metropolis_acceptance=0.3, fold=None)
 DEFAULT_MI: dict[str, Any] = dict(methods=["ksg", "gaussian_copula"], k=3, max_samples=4000)
 DEFAULT_RESPONSE: dict[str, Any] = dict(n_latents=8, n_configs=4)
 DEFAULT_LANDSCAPE: dict[str, Any] = dict(bins=60, grid_points=201)
@@ -117,6 +118,7 @@ def _check_config(settings: dict[str, Any], mi: dict[str, Any], response: dict[s
     step = settings["step_size"]
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0:
         raise ValueError(f"settings.step_size must be a finite number > 0, got {step!r}")
+    check_fold(settings["fold"])
     for key in ("target_accept", "min_metropolis_acceptance"):
         v = settings[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:

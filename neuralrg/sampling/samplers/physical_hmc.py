@@ -50,5 +50,5 @@ def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.G
     return run_physical_hmc(flow, target, generator=generator, progress=progress, max_time=max_time, **s)
 
 
-SAMPLER = Sampler("physical_hmc", _run, dict(DEFAULTS),
+SAMPLER = Sampler("physical_hmc", _run, {k: v for k, v in DEFAULTS.items() if k != "fold"},  # no flow to fold
                   "HMC on the physical field x with the target's gradient (started from flow samples)")
