@@ -13,7 +13,7 @@ at L = 64 with the same parameters (zero-shot; its gap is reported, not its trai
 
 Fits τ ∝ L^z per sampler and observable by weighted least squares in log–log (z ± its standard
 error; windows that did not converge make τ a lower bound and are marked) and extrapolates the
-ESS/s ratio latent/physical HMC to the L where it crosses 1 (if the fitted laws cross). Prints a
+ESS/s ratios latent/physical and hybrid/physical HMC to the L where they cross 1 (if the fitted laws cross). Prints a
 table and writes benchmarks/results/critical_slowing<tag>.json.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from neuralrg.pipelines.sample import run_sampling
+from neuralrg.sampling.registry import available
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -38,6 +39,20 @@ RESULTS = Path(__file__).parent / "results"
 def tau_error(tau: float, window: int, n: int) -> float:
     """Madras–Sokal standard error of τ_int with window W from n = C·T samples."""
     return tau * math.sqrt(2.0 * (2 * window + 1) / max(n, 1))
+
+
+def ess_ratio(rows: list[dict], name: str) -> dict | None:
+    """ESS/s of sampler ``name`` over physical HMC's per L (trained rungs), the slope of its log against
+    ln L, and the L where that power law crosses 1 (None unless it rises towards 1)."""
+    nn = {r["L"]: r for r in rows if r["sampler"] == name and not r["zero_shot"]}
+    phy = {r["L"]: r for r in rows if r["sampler"] == "physical_hmc" and not r["zero_shot"]}
+    common = sorted(set(nn) & set(phy))
+    if len(common) < 2:
+        return None
+    ratio = [nn[L]["ess_per_second"] / phy[L]["ess_per_second"] for L in common]
+    slope, icpt = np.polyfit(np.log(common), np.log(ratio), 1)
+    return {"ratios": dict(zip(common, ratio)), "slope": float(slope),
+            "L_cross": float(math.exp(-icpt / slope)) if slope > 0 and ratio[-1] < 1 else None}
 
 
 def fit_power(Ls: list[int], taus: list[float], errs: list[float]) -> dict:
@@ -85,6 +100,9 @@ def main() -> None:
     ap.add_argument("--cheap-factor", type=int, default=4, help="trajectory multiplier for physical HMC and Wolff")
     ap.add_argument("--at", type=int, nargs="*", default=[], help="also run the largest rung's flow at these L")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fold", default=None,
+                    help="the sign fold for every sampler that takes it (hybrid, flow Metropolis, latent HMC): "
+                         "auto (a rung's trained fold) or a number (a uniform fold of that size); default none")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     if not args.ladder and not args.runs:
@@ -97,12 +115,16 @@ def main() -> None:
     base = dict(n_chains=args.chains, n_warmup=args.warmup, n_samples=args.samples, n_leapfrog=args.leapfrog,
                 step_size=0.1, target_accept=0.8)
     cheap = {"n_samples": args.samples * args.cheap_factor}
+    per = {k: cheap for k in ("physical_hmc", "wolff") if k in args.samplers}
+    if args.fold is not None:
+        fold = args.fold if args.fold == "auto" else float(args.fold)
+        per.update({k: {"fold": fold} for k in args.samplers if "fold" in available()[k].defaults})
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (L, run, at_L) in enumerate(jobs):
             s = run_sampling(run=str(run), samplers=list(args.samplers), settings=base, at_L=at_L,
                              out_dir=str(Path(tmp) / f"s{i}"), importance_samples=4096, figures=False, seed=i,
-                             per_sampler={k: cheap for k in ("physical_hmc", "wolff") if k in args.samplers})
+                             per_sampler=per)
             imp = s.get("importance_sampling_z2") or s.get("importance_sampling") or {}
             for name, r in s["samplers"].items():
                 n = r["settings"]["n_chains"] * r["trajectories_kept"]
@@ -126,16 +148,9 @@ def main() -> None:
                 fits[f"{name}/{obs}"] = {**fit_power([r["L"] for r in rs], [r[f"tau_{obs}"] for r in rs],
                                                      [r[f"tau_{obs}_err"] for r in rs]),
                                          "all_converged": all(r[f"tau_{obs}_converged"] for r in rs)}
-    # ESS/s ratio latent/physical against L: a power law fitted to the ratio, extrapolated to 1
-    crossing = None
-    lat = {r["L"]: r for r in rows if r["sampler"] == "latent_hmc" and not r["zero_shot"]}
-    phy = {r["L"]: r for r in rows if r["sampler"] == "physical_hmc" and not r["zero_shot"]}
-    common = sorted(set(lat) & set(phy))
-    if len(common) >= 2:
-        ratio = [lat[L]["ess_per_second"] / phy[L]["ess_per_second"] for L in common]
-        slope, icpt = np.polyfit(np.log(common), np.log(ratio), 1)
-        crossing = {"ratios": dict(zip(common, ratio)), "slope": float(slope),
-                    "L_cross": float(math.exp(-icpt / slope)) if slope > 0 and ratio[-1] < 1 else None}
+    # ESS/s ratio neural/physical HMC against L: a power law fitted to the ratio, extrapolated to 1
+    crossings = {name: ess_ratio(rows, name) for name in ("latent_hmc", "hybrid") if name in args.samplers}
+    crossing = crossings.get("latent_hmc")
     print(f"\n{'L':>4} {'sampler':<14} {'acc':>5} {'τ(m²)':>14} {'τ(E)':>14} {'µs/(traj·site)':>15} {'ESS/s':>8} {'gap/N':>8}")
     for r in rows:
         f = lambda o: f"{r[f'tau_{o}']:.1f}±{r[f'tau_{o}_err']:.1f}{'' if r[f'tau_{o}_converged'] else '>'}"  # noqa: E731
@@ -146,13 +161,15 @@ def main() -> None:
     print("\ndynamic exponents τ ∝ L^z:")
     for k, f in fits.items():
         print(f"  {k:<22} z = {f['z']:.2f} ± {f['z_err']:.2f}{'' if f['all_converged'] else '  (some windows unconverged: lower bounds)'}")
-    if crossing:
-        ratios = ", ".join(f"L={L}: {v:.3g}" for L, v in crossing["ratios"].items())
-        cross = "n/a" if crossing["L_cross"] is None else f"{crossing['L_cross']:.0f}"
-        print(f"ESS/s latent/physical: {ratios}; slope in ln L {crossing['slope']:.2f}; crosses 1 at L ≈ {cross}")
+    for name, c in crossings.items():
+        if c is None:
+            continue
+        ratios = ", ".join(f"L={L}: {v:.3g}" for L, v in c["ratios"].items())
+        cross = "n/a" if c["L_cross"] is None else f"{c['L_cross']:.0f}"
+        print(f"ESS/s {name}/physical: {ratios}; slope in ln L {c['slope']:.2f}; crosses 1 at L ≈ {cross}")
     out = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
            "load_average_at_end": os.getloadavg(), "settings": vars(args), "rows": rows, "fits": fits,
-           "ess_ratio": crossing}
+           "ess_ratio": crossing, "ess_ratio_hybrid": crossings.get("hybrid")}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"critical_slowing{args.tag}.json"
     path.write_text(json.dumps(out, indent=1, default=str))

@@ -333,9 +333,6 @@ def test_run_analysis_end_to_end(trained_run, tmp_path):
         run_analysis(run=str(trained_run), out_dir=str(tmp_path / "c"), settings={"n_chains": 0}, device="cpu")
     with pytest.raises(ValueError, match="fold must be null, 'auto' or a"):
         run_analysis(run=str(trained_run), out_dir=str(tmp_path / "f"), settings={"fold": "yes"}, device="cpu")
-    with pytest.raises(ValueError, match="fold=auto needs a flow trained with loss.sign_fold"):
-        run_analysis(run=str(trained_run), out_dir=str(tmp_path / "f"), settings={**SMALL, "fold": "auto"},
-                     device="cpu")
     res = run_analysis(run=str(trained_run), out_dir=str(tmp_path / "fm"), sampler="flow_metropolis",
                        settings=dict(n_chains=16, n_warmup=10, n_samples=40), mi={"max_samples": 800},
                        response={"n_latents": 2, "n_configs": 1}, device="cpu", figures=False)

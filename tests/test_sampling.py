@@ -476,8 +476,6 @@ def test_folded_flow_metropolis_orients_a_number_towards_q():
 
 def test_folded_flow_metropolis_bad_settings():
     f = tiny_trained_flow()
-    with pytest.raises(ValueError, match="fold=auto needs a flow trained with loss.sign_fold"):
-        run_flow_metropolis(f, n_chains=4, n_warmup=1, n_samples=2, fold="auto")
     for bad in ("yes", float("nan"), True):
         with pytest.raises(ValueError, match="fold must be null, 'auto' or a"):
             run_flow_metropolis(f, n_chains=4, n_warmup=1, n_samples=2, fold=bad)
@@ -524,10 +522,20 @@ def test_folded_latent_hmc_is_exact_and_samples_both_signs(name):
 
 @pytest.mark.parametrize("name", ["latent_hmc", "blocked_latent_hmc", "latent_hmc_flow_mh"])
 def test_folded_latent_hmc_bad_settings(name):
-    from neuralrg.sampling.registry import resolve_settings, run_sampler
+    from neuralrg.sampling.registry import resolve_settings
     with pytest.raises(ValueError, match="fold must be null, 'auto' or a"):  # when settings are resolved
         resolve_settings(name, {}, {"fold": "yes"})
-    f = tiny_trained_flow()
-    s = resolve_settings(name, dict(n_chains=2, n_warmup=1, n_samples=2, fold="auto"), {})
-    with pytest.raises(ValueError, match="fold=auto needs a flow trained with loss.sign_fold"):
-        run_sampler(name, f, f.target, s, gen(1))
+
+
+@pytest.mark.parametrize("name", ["flow_metropolis", "hybrid", "latent_hmc", "latent_hmc_flow_mh"])
+def test_fold_auto_without_a_trained_fold_is_no_fold(name):
+    """fold=auto (the default of sample.py) on a flow trained without loss.sign_fold: the same chains,
+    to the last bit, as fold=null (q_sym with flow.z2), and the run records no fold."""
+    from neuralrg.sampling.registry import resolve_settings, run_sampler
+    f = tiny_trained_flow(z2=True)
+    assert getattr(f, "sign_fold_weight", None) is None
+    runs = [run_sampler(name, f, f.target, resolve_settings(name, dict(n_chains=4, n_warmup=2, n_samples=3,
+                                                                      n_leapfrog=2, fold=fold)), gen(1))
+            for fold in ("auto", None)]
+    assert f.z2 and runs[0].settings["fold"] is None
+    torch.testing.assert_close(runs[0].x, runs[1].x, rtol=0, atol=0)

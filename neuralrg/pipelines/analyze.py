@@ -88,7 +88,7 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"  # flow-Metropolis where a short probe accepts well enough, else latent HMC
 DEFAULT_SETTINGS: dict[str, Any] = dict(n_chains=64, n_warmup=100, n_samples=200, n_leapfrog=10, step_size=0.1,
-                                        target_accept=0.8, max_keep=4096, min_metropolis_acceptance=0.3, fold=None)
+                                        target_accept=0.8, max_keep=4096, min_metropolis_acceptance=0.3, fold="auto")
 DEFAULT_MI: dict[str, Any] = dict(methods=["ksg", "gaussian_copula"], k=3, max_samples=4000)
 DEFAULT_RESPONSE: dict[str, Any] = dict(n_latents=8, n_configs=4)
 DEFAULT_LANDSCAPE: dict[str, Any] = dict(bins=60, grid_points=201)

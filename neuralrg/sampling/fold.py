@@ -3,9 +3,9 @@ plain flow q, then give each kept state a fresh random global sign, x = ±y, a d
 (``neuralrg.physics.fold``). Shared by flow Metropolis, the hybrid and the latent HMC samplers.
 
 ``fold``: None (no fold: the samplers use q_sym or q as ``flow.z2`` says), "auto" (the weight of a
-checkpoint trained with ``loss.sign_fold``, ``flow.sign_fold_weight``) or a number (the size of a
-uniform weight, oriented towards the sign of m that the plain q covers: a fold against q is still
-exact but leaves the chains in the half it suppresses).
+checkpoint trained with ``loss.sign_fold``, ``flow.sign_fold_weight``; no fold for a flow trained
+without one) or a number (the size of a uniform weight, oriented towards the sign of m that the
+plain q covers: a fold against q is still exact but leaves the chains in the half it suppresses).
 """
 from __future__ import annotations
 
@@ -35,19 +35,16 @@ def validate_fold(s: dict[str, Any]) -> None:
 
 def fold_weight(flow: Any, fold: Any, generator: torch.Generator | None = None) -> torch.Tensor | None:
     """The fold's weight w (scalar or (L, L), the flow's device and dtype) for ``fold`` (module
-    docstring); None for no fold. A number is oriented by ``ORIENT_SAMPLES`` draws of the plain q
-    (call with ``flow.z2`` off)."""
+    docstring); None for no fold (also for "auto" on a flow trained without one). A number is
+    oriented by ``ORIENT_SAMPLES`` draws of the plain q (call with ``flow.z2`` off)."""
     check_fold(fold)
     if fold is None:
         return None
-    if not flow.target.z2_symmetric:
-        raise ValueError(f"fold needs a Z2-symmetric target; {type(flow.target).__name__} is not")
     if fold == "auto":
         w = getattr(flow, "sign_fold_weight", None)
-        if w is None:
-            raise ValueError("fold=auto needs a flow trained with loss.sign_fold (its checkpoint holds the fold's "
-                             "weight); this one has none: give fold=<number> (e.g. 0.3) or leave fold null")
-        return w.to(device=flow.device, dtype=flow.dtype)
+        return None if w is None else w.to(device=flow.device, dtype=flow.dtype)
+    if not flow.target.z2_symmetric:
+        raise ValueError(f"fold needs a Z2-symmetric target; {type(flow.target).__name__} is not")
     with torch.no_grad():
         y = flow.sample(ORIENT_SAMPLES, generator=generator)[0]
     side = 1.0 if float(y.sum()) >= 0 else -1.0
@@ -57,9 +54,9 @@ def fold_weight(flow: Any, fold: Any, generator: torch.Generator | None = None) 
 @contextlib.contextmanager
 def folded(flow: Any, fold: Any, generator: torch.Generator | None = None) -> Iterator[torch.Tensor | None]:
     """Yields ``fold_weight(flow, fold)``; while it is not None, ``flow.z2`` is off (the fold uses the
-    plain q) and is restored on exit. With ``fold`` None nothing changes."""
+    plain q) and is restored on exit. With no fold nothing changes."""
     check_fold(fold)
-    if fold is None:
+    if fold is None or (fold == "auto" and getattr(flow, "sign_fold_weight", None) is None):
         yield None
         return
     z2_before = flow.z2
