@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import torch
 
-from ...physics.target import LatticeTarget
 from ...flows.model import random_sign
+from ...physics.target import LatticeTarget
 from ..chains import ChainRun, physical_outputs, sync, thinned_observer
 from ..fold import folded, validate_fold
 from ..hmc import DualAveraging, hmc_step
