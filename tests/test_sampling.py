@@ -432,6 +432,9 @@ def test_table_flags_flow_metropolis_with_heavy_tailed_weights(ess, flagged):
     table = pipeline.format_table(summary)
     assert ("†" in table) == flagged
     assert ("heavy tailed" in table) == flagged
+    assert "sign fold" not in table
+    summary["samplers"]["latent_hmc"] = row({"fold": 0.3})
+    assert "sign fold (settings.fold): latent_hmc sampled" in pipeline.format_table(summary)
 
 
 @pytest.mark.parametrize("fold", [1.0, "field"])

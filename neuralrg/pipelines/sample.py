@@ -337,6 +337,10 @@ def format_table(summary: dict[str, Any]) -> str:
                         "from those (a short run: check the '>' and '*' flags)")
     for name, reason in summary.get("skipped", {}).items():
         rows.append(f"skipped {name}: {reason}")
+    folded = [name for name, r in summary["samplers"].items() if r["settings"].get("fold") is not None]
+    if folded:
+        rows.append(f"sign fold (settings.fold): {', '.join(folded)} sampled the folded target 2σ(φ)·p with the "
+                    "plain q and gave each state a random sign (exact; settings.fold=null for q_sym)")
     if heavy_tails is not None:
         rows.append(f"† flow Metropolis: importance weights are heavy tailed (ESS/M = {heavy_tails:.3g} < "
                     f"{HEAVY_TAIL_ESS}); chains hold rare high-weight states for long stretches, so a run this "
