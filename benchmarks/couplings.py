@@ -175,6 +175,8 @@ def train_flow(case: Case, args: argparse.Namespace, root: Path) -> tuple[Any, d
     train_s = time.perf_counter() - t0
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     flow = module.flow.cpu().eval()
+    # trained with loss.sign_fold: the samplers' fold=auto finds the weight where load_flow puts it
+    flow.sign_fold_weight = None if module.sign_fold is None else module.sign_fold.weight.detach().cpu()
     info = {"run_dir": str(run_dir), "model": flow.config, "num_parameters": flow.num_parameters(),
             "batch_size": int(cfg.batch_size), "dtype": str(cfg.dtype), "probe_ms_per_step": 1000 * step_s,
             "planned_steps": steps, "steps": int(trainer.global_step), "train_s": train_s, "exact_s": exact_s}
@@ -185,6 +187,8 @@ def train_flow(case: Case, args: argparse.Namespace, root: Path) -> tuple[Any, d
 def sampler_settings(name: str, L: int, args: argparse.Namespace) -> dict:
     common = dict(n_chains=args.chains, n_warmup=args.warmup, n_leapfrog=args.leapfrog, step_size=0.1,
                   target_accept=0.8)
+    if args.fold is not None:  # the samplers that take it (flow Metropolis, hybrid)
+        common["fold"] = args.fold if args.fold == "auto" else float(args.fold)
     cap = TRAJECTORY_CAP
     if name == "flow_metropolis":
         cap = max(2, min(cap, FLOW_MH_MAX_FLOATS // (args.chains * L * L) - args.warmup))
@@ -482,6 +486,8 @@ def main() -> None:
     ap.add_argument("--pt-tmax", type=float, default=4.0)
     ap.add_argument("--train-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fold", default=None,
+                    help="sign fold of the neural samplers: auto (the flow's, if trained with loss.sign_fold) or a number")
     ap.add_argument("--tag", default="")
     ap.add_argument("overrides", nargs="*", help="train.yaml overrides for every flow (after the case's own)")
     ap.add_argument("--retable", type=Path, default=None, metavar="JSON",
