@@ -131,7 +131,7 @@ def load_flow(path: str | Path, *, L: int | None = None, K: float | None = None,
     if dtype is not None:
         flow = flow.to(dtype)
     flow = flow.to(map_location).eval()
-    fold = ckpt["state_dict"].get(FOLD_KEY)  # trained with loss.sign_fold: flow Metropolis may use it (fold=auto)
+    fold = ckpt["state_dict"].get(FOLD_KEY)  # trained with loss.sign_fold: the samplers use it (settings.fold=auto)
     flow.sign_fold_weight = None if fold is None else fold.to(device=flow.device, dtype=flow.dtype)
     return flow
 

@@ -2,8 +2,8 @@
 
 For p even, p_φ is normalised and ½[p_φ(x) + p_φ(−x)] = p(x): y ~ p_φ with a fresh random sign,
 x = ±y, is a draw of p. Here φ(x) = Σᵢ wᵢ xᵢ / √N with w a scalar (the magnetisation) or an
-(L, L) field; training learns w (``neuralrg.training.losses.SignFold``), flow Metropolis uses it
-(``settings.fold``).
+(L, L) field; training learns w (``neuralrg.training.losses.SignFold``), the flow samplers use it
+(``settings.fold``, ``neuralrg.sampling.fold``).
 """
 from __future__ import annotations
 

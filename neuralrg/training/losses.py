@@ -199,8 +199,8 @@ class LossConfig:
                 raise ValueError(f"loss.sign_fold must be one of {FOLD_KINDS} or null, got {self.sign_fold!r}")
             if self.name != "reverse_kl":
                 raise ValueError(f"loss.sign_fold folds the reverse KL: it needs loss.name=reverse_kl, "
-                                 f"got {self.name!r} (add loss.sign_fold=null; the ising16_critical preset "
-                                 f"sets loss.sign_fold=uniform)")
+                                 f"got {self.name!r} (add loss.sign_fold=null; the ising8_critical, demo and "
+                                 f"ising16_critical presets set loss.sign_fold=uniform)")
         if self.after not in AFTER_NAMES:
             raise ValueError(f"loss.after must be one of {AFTER_NAMES}, got {self.after!r}")
         _check_float(self.forward_weight, "forward_weight", 0.0, 1.0)

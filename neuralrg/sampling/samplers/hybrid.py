@@ -40,11 +40,12 @@ DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, k=2, n_leapfrog=10, st
 
 
 def check_hybrid_settings(s: dict[str, Any]) -> None:
-    """Common value checks plus k (an integer >= 0); ValueError naming the key."""
+    """Common value checks, k (an integer >= 0) and ``fold``; ValueError naming the key."""
     check_settings(**s)
     k = s.get("k")
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k (HMC trajectories per flow-Metropolis move) must be an integer >= 0, got {k!r}")
+    validate_fold(s)
 
 
 @dataclass
@@ -206,11 +207,6 @@ def run_hybrid(flow: Any, target: LatticeTarget | None = None, *, n_chains: int 
                               fold=None if w_fold is None else w_fold.tolist()))
 
 
-def _validate(s: dict[str, Any]) -> None:
-    check_hybrid_settings(s)
-    validate_fold(s)
-
-
 def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,
          progress: Progress | None = None, max_time: float | None = None) -> ChainRun:
     return run_hybrid(flow, target, generator=generator, progress=progress, max_time=max_time, **s)
@@ -218,4 +214,4 @@ def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.G
 
 SAMPLER = Sampler("hybrid", _run, DEFAULTS,
                   "flow-proposal independence Metropolis interleaved with k physical-HMC trajectories per step",
-                  validate=_validate)
+                  validate=check_hybrid_settings)

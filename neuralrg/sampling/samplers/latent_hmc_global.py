@@ -21,7 +21,7 @@ import torch
 
 from ...physics.target import LatticeTarget
 from ..chains import ChainRun, latent_outputs, thinned_observer
-from ..fold import folded, validate_fold
+from ..fold import folded
 from ..hmc import cuda_graphed, make_potential_and_grad
 from ..latent import latent_potential, latent_to_physical
 from ..progress import Progress
@@ -79,11 +79,6 @@ def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100
                               fold=None if w_fold is None else w_fold.tolist()))
 
 
-def _validate(s: dict[str, Any]) -> None:
-    check_hybrid_settings(s)
-    validate_fold(s)
-
-
 def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,
          progress: Progress | None = None, max_time: float | None = None) -> ChainRun:
     return run_latent_hmc_flow_mh(flow, generator=generator, progress=progress, max_time=max_time, **s)
@@ -91,4 +86,4 @@ def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.G
 
 SAMPLER = Sampler("latent_hmc_flow_mh", _run, DEFAULTS,
                   "latent HMC (k trajectories a step) interleaved with flow-Metropolis global moves z' ~ N(0, I)",
-                  validate=_validate)
+                  validate=check_hybrid_settings)
