@@ -8,22 +8,25 @@ import torch.nn.functional as F
 
 from neuralrg.flows import build_flow, build_mera
 from neuralrg.flows.coupling import PARTITIONS
-from neuralrg.flows.context import ContextPlaquetteBijector, ContextPlaquetteCoupling
+from neuralrg.flows.context import (ContextPlaquetteBijector, ContextPlaquetteCoupling, ContextSplinePlaquetteBijector,
+                                    ContextSplinePlaquetteCoupling)
 from neuralrg.physics.ising import IsingTarget
 from test_flows import randomise
 
 DT = torch.float64
 CONTEXT = "neuralrg.flows.context:ContextPlaquetteBijector"
+CONTEXT_SPLINE = "neuralrg.flows.context:ContextSplinePlaquetteBijector"
 
 
 def grid(B=3, m=4, seed=1):
     return torch.randn(B, m, m, 4, dtype=DT, generator=torch.Generator().manual_seed(seed))
 
 
-def test_identity_at_initialisation_on_every_grid_size():
+@pytest.mark.parametrize("cls", [ContextPlaquetteBijector, ContextSplinePlaquetteBijector])
+def test_identity_at_initialisation_on_every_grid_size(cls):
     for m in (1, 2, 4):  # m = 1: the top level's single plaquette (circular padding wraps onto itself)
         y = grid(m=m)
-        b = ContextPlaquetteBijector(3, [8, 8], activation="silu").to(DT)
+        b = cls(3, [8, 8], activation="silu").to(DT)
         out, ld = b(y)
         assert ld.shape == (3, m, m)
         assert (out - y).abs().max() <= 1e-12 and ld.abs().max() <= 1e-12
@@ -42,10 +45,11 @@ def test_first_layer_is_a_circular_3x3_convolution_of_the_conditioning_channels(
         assert (c._first(y) - ref).abs().max() <= 1e-12
 
 
-def test_coupling_is_triangular_and_sees_its_neighbours():
+@pytest.mark.parametrize("cls", [ContextPlaquetteCoupling, ContextSplinePlaquetteCoupling])
+def test_coupling_is_triangular_and_sees_its_neighbours(cls):
     y = grid(m=4)
     for p in range(6):
-        c = randomise(ContextPlaquetteCoupling(p, [8], activation="silu").to(DT), 0.3, p)
+        c = randomise(cls(p, [8], activation="silu").to(DT), 0.3, p)
         out, ld = c(y)
         upd, cond = (list(ch) for ch in PARTITIONS[p])
         assert torch.equal(out[..., cond], y[..., cond])
@@ -58,14 +62,17 @@ def test_coupling_is_triangular_and_sees_its_neighbours():
         assert (out2[:, 0, 0] - out[:, 0, 0]).abs().max() > 1e-3
         assert torch.equal(out2[:, 2, 2], out[:, 2, 2])
         back, ld_back = c.inverse(out)
-        assert (back - y).abs().max() <= 1e-12 and (ld + ld_back).abs().max() <= 1e-12
+        # (a spline's inverse is a quadratic root: 1e-10, as in test_spline_flows; the affine case is exact to 1e-15)
+        assert (back - y).abs().max() <= 1e-10 and (ld + ld_back).abs().max() <= 1e-10
 
 
 @pytest.mark.parametrize("L", [4, 8])
-def test_mera_of_context_blocks_is_exact_in_float64(L):
-    f = build_mera(IsingTarget(L, 0.44), block=CONTEXT, n_couplings=2, hidden=8, activation="silu",
+@pytest.mark.parametrize("block,coupling", [(CONTEXT, ContextPlaquetteCoupling),
+                                            (CONTEXT_SPLINE, ContextSplinePlaquetteCoupling)])
+def test_mera_of_context_blocks_is_exact_in_float64(L, block, coupling):
+    f = build_mera(IsingTarget(L, 0.44), block=block, n_couplings=2, hidden=8, activation="silu",
                    precondition=True, skeleton="haar").to(DT)
-    assert sum(isinstance(m, ContextPlaquetteCoupling) for m in f.modules()) > 0
+    assert sum(isinstance(m, coupling) for m in f.modules()) > 0
     randomise(f, 0.1, 3)
     z = torch.randn(2, L, L, dtype=DT, generator=torch.Generator().manual_seed(0))
     x, ld = f.forward_and_log_det(z)
@@ -136,3 +143,35 @@ def test_radius_in_the_model_spec_round_trip_and_bad_values():
         build_mera(IsingTarget(8, 0.44), block={"class": CONTEXT, "kwargs": {"radius": 0}})
     with pytest.raises(ValueError, match="radius"):  # the affine block takes no radius
         build_mera(IsingTarget(8, 0.44), block={"class": "neuralrg.flows.PlaquetteBijector", "kwargs": {"radius": 2}})
+
+
+def test_context_spline_first_layer_is_the_context_layer_and_its_spline_bends():
+    """Same gathered first layer as the affine context coupling (same weights, same output); the spline
+    part is active inside [-B, B] (a non-affine map of the updated channels at fixed conditioning)."""
+    y = grid(B=2, m=3, seed=4)
+    for p in range(6):
+        cs = randomise(ContextSplinePlaquetteCoupling(p, [8], activation="silu", radius=2).to(DT), 0.5, p)
+        ca = ContextPlaquetteCoupling(p, [8], activation="silu", radius=2).to(DT)
+        ca.first.load_state_dict(cs.first.state_dict())
+        assert (cs._first(y) - ca._first(y)).abs().max() <= 1e-12
+    c = randomise(ContextSplinePlaquetteCoupling(0, [8], activation="silu").to(DT), 1.0, 0)
+    upd = list(PARTITIONS[0][0])
+    ts = torch.linspace(-2, 2, 5, dtype=DT)
+    ys = grid(B=1, m=2, seed=5).repeat(5, 1, 1, 1)
+    ys[:, 0, 0, upd[0]] = ts
+    out = c(ys)[0][:, 0, 0, upd[0]]
+    second = out[2:] - 2 * out[1:-1] + out[:-2]  # second differences of an affine map vanish
+    assert second.abs().max() > 1e-3
+
+
+def test_context_spline_block_in_the_model_spec_and_bad_values():
+    f = build_mera(IsingTarget(8, 0.44), block={"class": CONTEXT_SPLINE, "kwargs": {"n_bins": 6, "radius": 2}},
+                   n_couplings=2, hidden=8)
+    g = build_flow(f.target, **f.config)
+    assert f.config == g.config
+    kw = f.config["block"]["kwargs"]
+    assert (kw["n_bins"], kw["radius"]) == (6, 2)
+    with pytest.raises(ValueError, match="n_bins"):
+        ContextSplinePlaquetteBijector(2, [8], n_bins=1)
+    with pytest.raises(ValueError, match="radius"):
+        ContextSplinePlaquetteBijector(2, [8], radius=0)

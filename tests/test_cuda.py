@@ -26,6 +26,7 @@ BLOCKS = {
     "context": "neuralrg.flows.context.ContextPlaquetteBijector",
     "site": "neuralrg.flows.site.SitePlaquetteBijector",
     "spline": "neuralrg.flows.spline.SplinePlaquetteBijector",
+    "context_spline": "neuralrg.flows.context.ContextSplinePlaquetteBijector",
 }
 
 

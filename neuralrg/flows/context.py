@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .coupling import PARTITIONS, PlaquetteBijector, PlaquetteCoupling
+from .spline import SplinePlaquetteBijector, SplinePlaquetteCoupling, check_spline_args
 
-__all__ = ["ContextPlaquetteCoupling", "ContextPlaquetteBijector"]
+__all__ = ["ContextPlaquetteCoupling", "ContextPlaquetteBijector", "ContextSplinePlaquetteCoupling",
+           "ContextSplinePlaquetteBijector"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,23 +67,36 @@ class ContextPlaquetteCoupling(PlaquetteCoupling):
     def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
                  activation: str = "leaky_relu", radius: int = 1) -> None:
         super().__init__(partition, hidden, scale_bound, activation)
-        self.radius = check_radius(radius)
-        self.k = 2 * self.radius + 1
-        width = self.first.out_features
-        self.first = nn.Linear(4 * self.k ** 2, width)  # the k×k neighbourhood's 4 channels, (channel, di, dj) order
-        self.cond = list(PARTITIONS[partition % len(PARTITIONS)][1])  # the two conditioning channels
+        widen_first_layer(self, partition, radius)
 
     def _first(self, y: torch.Tensor) -> torch.Tensor:
-        B, m = y.shape[0], y.shape[1]
-        k2 = self.k * self.k
-        idx = neighbourhood_index(m, y.device, self.radius)
-        # the two channels by select + stack, not a list index (which copies the list to the device on every
-        # call: a host-to-device copy that also breaks CUDA graph capture)
-        a, b = self.cond
-        nb = torch.stack((y[..., a], y[..., b]), -1).reshape(B, m * m, 2)[:, idx].reshape(B, m, m, 2 * k2)  # (di, dj, ch)
-        w4 = self.first.weight.unflatten(1, (4, self.k, self.k))
-        w = torch.stack((w4[:, a], w4[:, b]), -1).reshape(-1, 2 * k2)
-        return F.linear(nb, w, self.first.bias)
+        return neighbourhood_first_layer(self, y)
+
+
+def widen_first_layer(coupling: PlaquetteCoupling, partition: int, radius: object) -> None:
+    """Give ``coupling`` a first layer on the k×k neighbourhood (k = 2·radius + 1): ``first`` becomes
+    nn.Linear(4·k², width) in (channel, di, dj) order; sets ``radius``, ``k`` and ``cond``."""
+    coupling.radius = check_radius(radius)
+    coupling.k = 2 * coupling.radius + 1
+    width = coupling.first.out_features
+    coupling.first = nn.Linear(4 * coupling.k ** 2, width)  # the k×k neighbourhood's 4 channels, (channel, di, dj) order
+    coupling.cond = list(PARTITIONS[partition % len(PARTITIONS)][1])  # the two conditioning channels
+
+
+def neighbourhood_first_layer(coupling: PlaquetteCoupling, y: torch.Tensor) -> torch.Tensor:
+    """The first layer of a coupling widened by ``widen_first_layer``: (B, m, m, 4) -> (B, m, m, width).
+
+    Only the two conditioning channels of the neighbourhood enter (gathered with one index)."""
+    B, m = y.shape[0], y.shape[1]
+    k = coupling.k
+    idx = neighbourhood_index(m, y.device, coupling.radius)
+    # the two channels by select + stack, not a list index (which copies the list to the device on every
+    # call: a host-to-device copy that also breaks CUDA graph capture)
+    a, b = coupling.cond
+    nb = torch.stack((y[..., a], y[..., b]), -1).reshape(B, m * m, 2)[:, idx].reshape(B, m, m, 2 * k * k)  # (di, dj, ch)
+    w4 = coupling.first.weight.unflatten(1, (4, k, k))
+    w = torch.stack((w4[:, a], w4[:, b]), -1).reshape(-1, 2 * k * k)
+    return F.linear(nb, w, coupling.first.bias)
 
 
 class ContextPlaquetteBijector(PlaquetteBijector):
@@ -101,3 +116,34 @@ class ContextPlaquetteBijector(PlaquetteBijector):
         nn.Module.__init__(self)
         self.couplings = nn.ModuleList(ContextPlaquetteCoupling(i, hidden, scale_bound, activation, radius)
                                        for i in range(n_couplings))
+
+
+class ContextSplinePlaquetteCoupling(SplinePlaquetteCoupling):
+    """``SplinePlaquetteCoupling`` (spline, then affine) whose conditioner sees the k×k neighbourhood of
+    plaquettes, as in ``ContextPlaquetteCoupling``. Input (B, m, m, 4)."""
+
+    def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
+                 activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0, radius: int = 1) -> None:
+        super().__init__(partition, hidden, scale_bound, activation, n_bins, tail_bound)
+        widen_first_layer(self, partition, radius)
+
+    def _first(self, y: torch.Tensor) -> torch.Tensor:
+        return neighbourhood_first_layer(self, y)
+
+
+class ContextSplinePlaquetteBijector(SplinePlaquetteBijector):
+    """``SplinePlaquetteBijector`` of ``ContextSplinePlaquetteCoupling``s; tensors (B, m, m, 4), log_det (B, m, m).
+
+    Arguments: the spline block's plus ``radius``.
+    """
+
+    grid = True
+
+    def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0,
+                 activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0, radius: int = 1) -> None:
+        n_bins, tail_bound = check_spline_args(n_bins, tail_bound)
+        check_radius(radius)
+        nn.Module.__init__(self)
+        self.couplings = nn.ModuleList(
+            ContextSplinePlaquetteCoupling(i, hidden, scale_bound, activation, n_bins, tail_bound, radius)
+            for i in range(n_couplings))

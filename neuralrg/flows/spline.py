@@ -136,11 +136,11 @@ class SplinePlaquetteCoupling(PlaquetteCoupling):
         return f"updated={self.upd}, n_bins={self.n_bins}, tail_bound={self.tail_bound}"
 
     def _params(self, y: torch.Tensor):
-        h = self.act(F.linear(y, self.first.weight * self.in_mask, self.first.bias))
+        h = self.act(self._first(y))  # the parent's masked first layer (a subclass may widen its view)
         for lin in self.hidden:
             h = self.act(lin(h))
         K = self.n_bins
-        w, hgt, d, s_raw, t = self.last(h).view(y.shape[0], 2, 3 * K + 1).split([K, K, K - 1, 1, 1], dim=-1)
+        w, hgt, d, s_raw, t = self.last(h).view(*y.shape[:-1], 2, 3 * K + 1).split([K, K, K - 1, 1, 1], dim=-1)
         s = self.scale_amp * (2.0 * torch.sigmoid(s_raw.squeeze(-1)) - 1.0)
         return w, hgt, d + _IDENTITY_DERIVATIVE, s, t.squeeze(-1)
 
@@ -150,13 +150,13 @@ class SplinePlaquetteCoupling(PlaquetteCoupling):
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w, hgt, d, s, t = self._params(y)
         u, ld = rational_quadratic(y @ self.pick, w, hgt, d, self.tail_bound)
-        return self._assemble(y, u * torch.exp(s) + t), (ld + s).sum(dim=1)
+        return self._assemble(y, u * torch.exp(s) + t), (ld + s).sum(dim=-1)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w, hgt, d, s, t = self._params(y)  # conditioning channels are unchanged by forward
         u, ld = rational_quadratic((y @ self.pick - t) * torch.exp(-s), w, hgt, d, self.tail_bound,
                                    inverse=True)
-        return self._assemble(y, u), (ld - s).sum(dim=1)
+        return self._assemble(y, u), (ld - s).sum(dim=-1)
 
 
 class SplinePlaquetteBijector(PlaquetteBijector):
