@@ -84,7 +84,8 @@ class WallClockMarks(pl.Callback):
         self.records.append(rec)
         print(f"  {rec['minutes']:5.1f} min  step {rec['step']:6d}  gap/N {rec['gap_per_site']:.5f} "
               f"± {rec['free_energy_per_site_err']:.5f}  rel {rec['relative_error']:.2e}  "
-              f"Z2 gap/N {rec['z2_gap_per_site']:.5f}  ESS {rec['ess_fraction']:.3f}{rg}", flush=True)
+              f"Z2 gap/N {rec['z2_gap_per_site']:.5f}  ESS/M {rec['ess_fraction']:.3f} (Z2 {rec['z2_ess_fraction']:.3f}){rg}",
+              flush=True)
         self.eval_time += time.perf_counter() - t
         if not self.marks:
             trainer.should_stop = True
@@ -208,10 +209,10 @@ def main() -> None:
         out = RESULTS / "lightning_overhead.json"
     else:
         res = run_quality(args.L, args.minutes, args.overrides, args.eval_samples, args.threads, args.tag)
-        print(f"\n{'min':>5} {'step':>6} {'gap/N':>9} {'± err':>8} {'rel.err':>9} {'Z2 gap/N':>9} {'ESS/M':>7}")
+        print(f"\n{'min':>5} {'step':>6} {'gap/N':>9} {'± err':>8} {'rel.err':>9} {'Z2 gap/N':>9} {'ESS/M':>7} {'Z2 ESS/M':>8}")
         for r in res["records"]:
             print(f"{r['minutes']:5.1f} {r['step']:6d} {r['gap_per_site']:9.5f} {r['free_energy_per_site_err']:8.5f} "
-                  f"{r['relative_error']:9.2e} {r['z2_gap_per_site']:9.5f} {r['ess_fraction']:7.3f}"
+                  f"{r['relative_error']:9.2e} {r['z2_gap_per_site']:9.5f} {r['ess_fraction']:7.3f} {r['z2_ess_fraction']:8.3f}"
                   + (f"  {format_rg(r['rg'])}" if "rg" in r else ""))
         out = RESULTS / f"train_quality_L{args.L}{args.tag}.json"
     res["machine"] = machine
