@@ -14,6 +14,10 @@ Tensors are the grid of plaquettes, shape (B, m, m, 4) (channel order (0,0), (0,
 direction, ``inverse`` the inference one (the normflows contract). ``PlaquetteLayer`` passes
 the grid to any block with ``grid = True``. The rest of the network (hidden layers, bounded
 log-scale, zero last layer = identity start) is ``PlaquetteCoupling``'s.
+
+``ContextSplinePlaquetteCoupling`` / ``ContextSplinePlaquetteBijector`` put the same first layer in
+front of ``spline.SplinePlaquetteCoupling`` (a monotone rational-quadratic spline, then affine): the
+disentanglers of ``conf/model/mera_context_spline.yaml``, the default model of the L = 8 and 16 presets.
 """
 from __future__ import annotations
 
