@@ -21,7 +21,7 @@ from neuralrg.sampling.latent import latent_potential, physical_potential_and_gr
 torch.set_num_threads(1)
 BLOCKS = [None, "neuralrg.flows.OddPlaquetteBijector", "neuralrg.flows.context.ContextPlaquetteBijector",
           "neuralrg.flows.site.SitePlaquetteBijector", "neuralrg.flows.spline.SplinePlaquetteBijector",
-          "neuralrg.flows.context.ContextSplinePlaquetteBijector"]
+          "neuralrg.flows.context.ContextSplinePlaquetteBijector", "neuralrg.flows.site.SiteSplinePlaquetteBijector"]
 
 
 class FreshHostData(TorchDispatchMode):

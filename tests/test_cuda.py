@@ -27,6 +27,7 @@ BLOCKS = {
     "site": "neuralrg.flows.site.SitePlaquetteBijector",
     "spline": "neuralrg.flows.spline.SplinePlaquetteBijector",
     "context_spline": "neuralrg.flows.context.ContextSplinePlaquetteBijector",
+    "site_spline": "neuralrg.flows.site.SiteSplinePlaquetteBijector",
 }
 
 
