@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..flows.gauge import SignGauge
 from ..flows.precondition import GaussianPreconditioner
 
 
@@ -54,9 +55,12 @@ def _support_step(mask: torch.Tensor, spacing: int, offset: int) -> torch.Tensor
 
 
 def hierarchy_layers(flow: Any) -> list:
-    """The flow's layers in generative order without a trailing fixed Gaussian preconditioner."""
+    """The flow's layers in generative order without the trailing fixed Gaussian preconditioner (and the
+    sign gauge before it, ``flows.gauge``): the MERA itself."""
     layers = list(flow.flows)
-    return layers[:-1] if layers and isinstance(layers[-1], GaussianPreconditioner) else layers
+    if layers and isinstance(layers[-1], GaussianPreconditioner):
+        layers = layers[:-1]
+    return layers[:-1] if layers and isinstance(layers[-1], SignGauge) else layers
 
 
 def hierarchy_forward(flow: Any, z: torch.Tensor) -> torch.Tensor:
@@ -66,9 +70,18 @@ def hierarchy_forward(flow: Any, z: torch.Tensor) -> torch.Tensor:
     return z
 
 
+def hierarchy_output(flow: Any, x: torch.Tensor) -> torch.Tensor:
+    """x (B, L, L) → the MERA's output for it: x back through the fixed output layers (the
+    preconditioner, the sign gauge); x itself for a flow without them."""
+    for layer in reversed(list(flow.flows)[len(hierarchy_layers(flow)):]):
+        x, _ = layer.inverse(x)
+    return x
+
+
 def has_preconditioner(flow: Any) -> bool:
     """Whether the flow ends with the fixed ``GaussianPreconditioner``."""
-    return len(hierarchy_layers(flow)) != len(list(flow.flows))
+    layers = list(flow.flows)
+    return bool(layers) and isinstance(layers[-1], GaussianPreconditioner)
 
 
 def _forward(flow: Any, physical: bool):

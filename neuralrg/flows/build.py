@@ -26,6 +26,7 @@ from .coupling import check_activation
 from .flat import flat_layers
 from .hierarchy import latent_levels, mera_layers
 from .model import NeuralRGFlow
+from .gauge import SignGauge, target_gauge
 from .precondition import GaussianPreconditioner
 from .spline import check_spline_args
 from .wavelet import check_skeleton
@@ -150,8 +151,22 @@ def _check_z2(target: LatticeTarget, z2: object) -> bool:
     return z2
 
 
-def _with_preconditioner(layers: list, target: LatticeTarget, precondition: bool) -> list:
-    return list(layers) + [GaussianPreconditioner(target)] if precondition else list(layers)
+def _gauge(target: LatticeTarget, gauge: bool | str) -> bool:
+    """Resolve ``gauge`` (true | false | "auto": where the target has an order gauge, ``gauge.target_gauge``)."""
+    has = target_gauge(target) is not None
+    if gauge == "auto":
+        return has
+    gauge = _check_flag(gauge, "gauge")
+    if gauge and not has:
+        raise ValueError(f"gauge=true needs an unfrustrated antiferromagnet on an even torus (a target with an "
+                         f"order_gauge); {target!r} has none: use gauge=false or auto")
+    return gauge
+
+
+def _with_preconditioner(layers: list, target: LatticeTarget, precondition: bool, gauge: bool = False) -> list:
+    """The learned layers, then the fixed output layers: the sign gauge (``gauge``), the preconditioner."""
+    return (list(layers) + ([SignGauge(target)] if gauge else [])
+            + ([GaussianPreconditioner(target)] if precondition else []))
 
 
 def _decimator_spec(decimator_block: Any, spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -168,8 +183,8 @@ def _decimator_spec(decimator_block: Any, spec: dict[str, Any]) -> dict[str, Any
 
 def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = None,
                disentangler_repeats: int = 1, share_levels: bool = False, z2: bool = False,
-               precondition: bool | str = False, skeleton: str = "none", decimator_block: Any = None, *,
-               n_couplings: int | None = None,
+               precondition: bool | str = False, skeleton: str = "none", decimator_block: Any = None,
+               gauge: bool | str = False, *, n_couplings: int | None = None,
                hidden: int | Sequence[int] | None = None, n_hidden_layers: int | None = None,
                scale_bound: float | None = None, activation: str | None = None) -> NeuralRGFlow:
     """The hierarchical NeuralRG flow for ``target``: L = 2^n·c with c odd and n ≥ 1.
@@ -185,7 +200,10 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
     ``wavelet.HaarDecimator``: with the preconditioner the untrained flow is an exact Gaussian
     block-spin RG, top latent = zero mode of A^{−1/2}x; stored configs without it are "none");
     decimator_block: another block for the decimators, which define the latents (None: ``block``;
-    a class path takes the main block's n_couplings / hidden / scale_bound / activation).
+    a class path takes the main block's n_couplings / hidden / scale_bound / activation); gauge: the
+    fixed sign gauge y → g·y before the preconditioner (``gauge.SignGauge``: an unfrustrated
+    antiferromagnet becomes the ferromagnet for the MERA; "auto" = where the target has one; stored
+    configs without it have none).
     """
     L = check_lattice_size(target.L)
     n = (L & -L).bit_length() - 1  # factors of two in L: L = 2^n·c with c odd
@@ -202,6 +220,7 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
     skeleton = check_skeleton(skeleton)
     z2 = _check_z2(target, z2)
     dec_spec = _decimator_spec(decimator_block, spec)
+    gauge = _gauge(target, gauge)
     layers = mera_layers(L, depth, block_factory(spec), disentangler_repeats=repeats,
                          share_levels=bool(share_levels), skeleton=skeleton,
                          new_decimator=None if dec_spec is None else block_factory(dec_spec))
@@ -209,7 +228,9 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
                   share_levels=bool(share_levels), z2=z2, precondition=precondition, skeleton=skeleton)
     if dec_spec is not None:  # stored only when set: older configs rebuild unchanged
         config["decimator_block"] = dec_spec
-    return NeuralRGFlow(_with_preconditioner(layers, target, precondition), target, z2=z2,
+    if gauge:
+        config["gauge"] = True
+    return NeuralRGFlow(_with_preconditioner(layers, target, precondition, gauge), target, z2=z2,
                         levels=latent_levels(L, depth), config=config)
 
 

@@ -73,7 +73,7 @@ from ..analysis.landscape import free_energy_landscape
 from ..analysis.quick import one_sign_r2
 from ..analysis.latents import (MI_METHODS, coarse_latent_correlations, latents_under_p, level_moments,
                                 level_pair_statistics, physical_pair_statistics)
-from ..analysis.response import has_preconditioner, response_analysis
+from ..analysis.response import has_preconditioner, hierarchy_layers, hierarchy_output, response_analysis
 from ..analysis.rg_organisation import rg_organisation
 from ..checkpoint import load_flow, load_flow_at, resolve_checkpoint, target_summary
 from ..plotting import save_figure
@@ -290,7 +290,9 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
         "landscape": land,
         "timing": timing,
     }
-    y_hier = (flow.target.apply_coupling_power(y_cpu[:1].double(), -0.5)[0] if has_preconditioner(flow) else None)
+    fixed = len(hierarchy_layers(flow)) < len(list(flow.flows))  # a preconditioner or a sign gauge
+    y_hier = (hierarchy_output(flow, y_cpu[:1].to(flow.device, flow.dtype))[0].detach().double().cpu()
+              if fixed else None)
     arrays = {"z": z_cpu, "y": y_cpu, "levels": levels, "maps": maps.detach().cpu(), "cones": cones,
               "maps_physical": None if maps_x is None else maps_x.detach().cpu(), "y_hierarchy": y_hier,
               "z_top": z_top, "m_aligned": m_y}
