@@ -190,17 +190,19 @@ def _describe(target: Any) -> str:
 
 
 def _row(L: int, s: dict[str, Any]) -> dict[str, Any]:
-    """The table row of one rung's training summary (a flow trained with z2: its own numbers are the Z2 ones)."""
+    """The table row of one rung's training summary: the plain q's figures, and the Z2-symmetrised
+    q's (``z2_`` keys; a flow trained with z2: its own numbers are the Z2 ones)."""
     z2 = s.get("z2_eval") or (s if (s.get("model") or {}).get("z2") else {})
     exact = s.get("exact_free_energy_per_site")
-    return {"L": L, "status": s.get("status"), "steps": s.get("steps"), "wall_time_s": s.get("wall_time_s"),
-            "gap_per_site": s.get("gap_per_site"), "z2_gap_per_site": z2.get("gap_per_site"),
-            "ess_fraction": s.get("ess_fraction"), "z2_ess_fraction": z2.get("ess_fraction"),
-            "is_log_z_per_site": s.get("is_log_z_per_site"), "is_log_z_per_site_err": s.get("is_log_z_per_site_err"),
-            "is_reliable": s.get("is_reliable"), "is_khat": s.get("is_khat"), "exact_log_z_per_site": None if exact is None else -exact,
-            "copied_from": (s.get("warm_start") or {}).get("from"),
-            "r2_m_top1": (s.get("rg_organisation") or {}).get("r2_m_top1"),
-            "radius_growth": (s.get("rg_organisation") or {}).get("radius_growth")}
+    row = {"L": L, "status": s.get("status"), "steps": s.get("steps"), "wall_time_s": s.get("wall_time_s"),
+           "gap_per_site": s.get("gap_per_site"), "exact_log_z_per_site": None if exact is None else -exact,
+           "copied_from": (s.get("warm_start") or {}).get("from"),
+           "r2_m_top1": (s.get("rg_organisation") or {}).get("r2_m_top1"),
+           "radius_growth": (s.get("rg_organisation") or {}).get("radius_growth")}
+    for key in ("ess_fraction", "is_log_z_per_site", "is_log_z_per_site_err", "is_reliable", "is_khat"):
+        row[key], row[f"z2_{key}"] = s.get(key), z2.get(key)
+    row["z2_gap_per_site"] = z2.get("gap_per_site")
+    return row
 
 
 def _num(v: Any, fmt: str, width: int) -> str:
@@ -208,22 +210,29 @@ def _num(v: Any, fmt: str, width: int) -> str:
 
 
 def format_ladder(result: dict[str, Any]) -> str:
-    """The ladder's table (``run_ladder``'s result) as text."""
+    """The ladder's table (``run_ladder``'s result) as text: ESS/M and the IS ln Z/N are the Z2-symmetrised
+    q's where the summary has them (for a Z2-symmetric target the plain q may cover one sign of m only:
+    with ``loss.sign_fold`` it does by design), else the plain q's, marked °."""
     head = (f"{'L':>4} {'steps':>7} {'train s':>8} {'gap/N':>9} {'Z2 gap/N':>9} {'ESS/M':>7} "
-            f"{'ln Z/N (IS)':>22} {'ln Z/N exact':>12} {'R²(m|top)':>9} {'growth':>6}")
+            f"{'ln Z/N (IS)':>23} {'ln Z/N exact':>12} {'R²(m|top)':>9} {'growth':>6}")
     lines = [f"ladder {result.get('target_description', '')}: {result['status']}, "
              f"{result['wall_time_s']:.0f} s in all ({result['run_dir']})", head]
-    flagged = False
+    flagged = plain = False
     for r in result["rows"]:
+        pre = "z2_" if r.get("z2_ess_fraction") is not None else ""
+        mark = "" if pre else "°"
+        plain = plain or not pre
         lz = "-"
-        if isinstance(r.get("is_log_z_per_site"), float):
-            lz = f"{r['is_log_z_per_site']:.6f} ± {r['is_log_z_per_site_err']:.6f}"
-            if r.get("is_reliable") is False:
+        if isinstance(r.get(f"{pre}is_log_z_per_site"), float):
+            lz = f"{r[f'{pre}is_log_z_per_site']:.6f} ± {r[f'{pre}is_log_z_per_site_err']:.6f}{mark}"
+            if r.get(f"{pre}is_reliable") is False:
                 lz, flagged = lz + "!", True
+        ess = _num(r.get(f"{pre}ess_fraction"), '.4f', 6) + (mark or " ")
         lines.append(f"{r['L']:>4} {_num(r['steps'], 'd', 7)} {_num(r['wall_time_s'], '.1f', 8)} "
                      f"{_num(r['gap_per_site'], '.5f', 9)} {_num(r['z2_gap_per_site'], '.5f', 9)} "
-                     f"{_num(r['ess_fraction'], '.4f', 7)} {lz:>22} {_num(r['exact_log_z_per_site'], '.6f', 12)} "
+                     f"{ess:>7} {lz:>23} {_num(r['exact_log_z_per_site'], '.6f', 12)} "
                      f"{_num(r.get('r2_m_top1'), '.2f', 9)} {_num(r.get('radius_growth'), '.2f', 6)}")
+    lines.append("  ESS/M and ln Z/N (IS): the Z2-symmetrised q's" + ("; ° the plain q's (no Z2 evaluation)" if plain else ""))
     if flagged:
         lines.append("  ! is_reliable false (PSIS k̂, is_khat in ladder.json): that IS estimate or its error bar is unreliable")
     return "\n".join(lines)
