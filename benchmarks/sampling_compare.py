@@ -4,7 +4,8 @@
 
 RUN_DIR is a training run (e.g. the L = 16, K_c run of benchmarks/train_quality.py). All
 samplers get the same number of chains and kept trajectories (flow-Metropolis: proposals)
-unless --physical-samples / --metropolis-samples give the cheap ones more; the HMC samplers share the leapfrog count, the target acceptance and the dual-averaging
+unless --physical-samples / --metropolis-samples give the cheap ones more (and --physical-warmup
+a longer warm-up to physical HMC); the HMC samplers share the leapfrog count, the target acceptance and the dual-averaging
 warm-up. Reports τ_int(m²) and τ_int(E) in trajectories (with whether Sokal's window
 converged — otherwise a lower bound), ESS per second, and the energy per site against the
 exact value; the ratios latent/physical are the headline numbers. Writes
@@ -36,6 +37,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--physical-samples", type=int, default=None,
                     help="kept trajectories for physical HMC (cheap: give it more to converge its τ window)")
+    ap.add_argument("--physical-warmup", type=int, default=None,
+                    help="warm-up trajectories for physical HMC (default --warmup; give it >= 20 τ so its rows are not flagged)")
     ap.add_argument("--metropolis-samples", type=int, default=None)
     ap.add_argument("--hybrid-k", type=int, default=None, help="HMC trajectories per flow move of the hybrid (default 2)")
     ap.add_argument("--fold", default=None,
@@ -50,6 +53,8 @@ def main() -> None:
     per = {}
     if args.physical_samples:
         per["physical_hmc"] = {"n_samples": args.physical_samples}
+    if args.physical_warmup:
+        per["physical_hmc"] = {**per.get("physical_hmc", {}), "n_warmup": args.physical_warmup}
     if args.metropolis_samples:
         per["flow_metropolis"] = {"n_samples": args.metropolis_samples}
     if args.hybrid_k is not None:

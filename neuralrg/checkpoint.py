@@ -16,6 +16,7 @@ import torch
 
 from .flows import build_flow, transfer_flow
 from .flows.model import NeuralRGFlow
+from .physics.fold import fold_field, order_gauge_tensor
 from .physics.target import LatticeTarget, target_from_spec
 from .spec import dtype_name, parse_dtype
 
@@ -132,7 +133,8 @@ def load_flow(path: str | Path, *, L: int | None = None, K: float | None = None,
         flow = flow.to(dtype)
     flow = flow.to(map_location).eval()
     fold = ckpt["state_dict"].get(FOLD_KEY)  # trained with loss.sign_fold: the samplers use it (settings.fold=auto)
-    flow.sign_fold_weight = None if fold is None else fold.to(device=flow.device, dtype=flow.dtype)
+    flow.sign_fold_weight = (None if fold is None  # in the target's order frame (a uniform fold on an antiferromagnet)
+                             else fold_field(fold.to(device=flow.device, dtype=flow.dtype), order_gauge_tensor(target)))
     return flow
 
 

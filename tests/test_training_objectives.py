@@ -445,3 +445,25 @@ def test_sign_fold_refuses_a_target_without_z2_symmetry():
     with pytest.raises(ValueError, match="needs a Z2-symmetric target; GaussianTarget is not"):
         FlowModule(flow, functools.partial(torch.optim.Adam, lr=1e-3), total_steps=10, batch_size=8,
                    loss={"sign_fold": "uniform"})
+
+
+def test_uniform_sign_fold_acts_along_the_staggered_magnetisation_of_an_antiferromagnet(tmp_path):
+    """On the antiferromagnet (L = 4, K = −K_c: an order gauge g) a uniform fold is φ(x) = a·Σ gᵢxᵢ/√N, in
+    training (the weight is learned: along Σ xᵢ, which vanishes in an antiferromagnet, it would not be),
+    in the checkpoint's weight for the samplers (the field a·g) and in a numeric fold (±0.7·g)."""
+    from neuralrg.checkpoint import load_flow
+    from neuralrg.physics.couplings import sublattice_gauge
+    from neuralrg.sampling.fold import fold_weight
+    g = torch.as_tensor(sublattice_gauge(4, True, True), dtype=torch.float64)
+    run_dir = tmp_path / "afm"
+    s = run_training(make_cfg("steps=150", "target.K=-0.44068679350977147", "loss.sign_fold=uniform",
+                              "final_eval_samples=1024", run_dir=run_dir))
+    assert s["status"] == "completed"
+    a = float(load_ckpt(run_dir / "checkpoints" / "last.ckpt")["state_dict"]["sign_fold.weight"])
+    assert abs(a) > 0.1  # learned along the order parameter
+    flow = load_flow(run_dir)
+    assert any(type(m).__name__ == "SignGauge" for m in flow.flows)  # model.gauge=auto
+    torch.testing.assert_close(flow.sign_fold_weight.double(), a * g, rtol=1e-6, atol=1e-6)
+    w = fold_weight(flow.double(), 0.7, torch.Generator().manual_seed(0))
+    assert w.shape == (4, 4) and torch.equal(w.abs(), torch.full((4, 4), 0.7, dtype=w.dtype))
+    assert bool((w * g).gt(0).all() or (w * g).lt(0).all())  # ±0.7·g

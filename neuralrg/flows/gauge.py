@@ -18,16 +18,10 @@ from __future__ import annotations
 import normflows as nf
 import torch
 
+from ..physics.fold import order_gauge_tensor as target_gauge
 from ..physics.target import LatticeTarget, check_field_shape
 
 __all__ = ["SignGauge", "target_gauge"]
-
-
-def target_gauge(target: LatticeTarget) -> torch.Tensor | None:
-    """The target's order gauge g (L, L) as a float64 tensor of ±1, or None where it has none
-    (ferromagnets, frustrated or disordered couplings, odd L, φ⁴)."""
-    g = getattr(target, "order_gauge", None)
-    return None if g is None else torch.as_tensor(g, dtype=torch.float64)
 
 
 class SignGauge(nf.flows.Flow):

@@ -5,7 +5,9 @@ plain flow q, then give each kept state a fresh random global sign, x = ±y, a d
 ``fold``: None (no fold: the samplers use q_sym or q as ``flow.z2`` says), "auto" (the weight of a
 checkpoint trained with ``loss.sign_fold``, ``flow.sign_fold_weight``; no fold for a flow trained
 without one) or a number (the size of a uniform weight, oriented towards the sign of m that the
-plain q covers: a fold against q is still exact but leaves the chains in the half it suppresses).
+plain q covers: a fold against q is still exact but leaves the chains in the half it suppresses); a
+uniform weight acts along the order parameter (the staggered magnetisation of an antiferromagnet,
+``physics.fold.fold_field``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import math
 from typing import Any, Iterator
 
 import torch
+
+from ..physics.fold import fold_field, order_gauge_tensor
 
 __all__ = ["ORIENT_SAMPLES", "check_fold", "fold_weight", "folded", "validate_fold"]
 
@@ -45,10 +49,11 @@ def fold_weight(flow: Any, fold: Any, generator: torch.Generator | None = None) 
         return None if w is None else w.to(device=flow.device, dtype=flow.dtype)
     if not flow.target.z2_symmetric:
         raise ValueError(f"fold needs a Z2-symmetric target; {type(flow.target).__name__} is not")
+    unit = fold_field(torch.ones((), device=flow.device, dtype=flow.dtype), order_gauge_tensor(flow.target))  # 1 or g
     with torch.no_grad():
         y = flow.sample(ORIENT_SAMPLES, generator=generator)[0]
-    side = 1.0 if float(y.sum()) >= 0 else -1.0
-    return torch.tensor(side * abs(float(fold)), device=flow.device, dtype=flow.dtype)
+    side = 1.0 if float((unit * y).sum()) >= 0 else -1.0
+    return side * abs(float(fold)) * unit
 
 
 @contextlib.contextmanager

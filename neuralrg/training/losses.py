@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..physics.fold import fold_log_weight, fold_phi
+from ..physics.fold import fold_field, fold_log_weight, fold_phi
 
 LOSS_NAMES = ("reverse_kl", "flow_mcmc", "data")
 AFTER_NAMES = ("reverse_kl", "flow_mcmc")
@@ -72,14 +72,15 @@ def mixed_loss(reverse: torch.Tensor | None, forward: torch.Tensor | None, weigh
 class SignFold(nn.Module):
     """The learned odd function φ of the folded target p_φ(x) = 2σ(φ(x))·p(x) (see the module docstring).
 
-    ``uniform``: φ(x) = a·Σᵢ xᵢ/√N (one parameter: the magnetisation; ferromagnets);
+    ``uniform``: φ(x) = a·Σᵢ gᵢxᵢ/√N (one parameter along the order parameter: the magnetisation, g = 1,
+    or for an antiferromagnet the staggered one: pass ``gauge``, ``physics.fold.order_gauge_tensor``);
     ``field``: φ(x) = Σᵢ wᵢ xᵢ/√N (one weight per site: staggered or disordered order, e.g. the
     antiferromagnet or a glass). Parameters start at zero (φ = 0: the plain reverse KL) in the given
     dtype and device. ``log_weight(x)`` is ln 2σ(φ(x)) per sample, x (B, L, L) → (B,).
     """
 
     def __init__(self, kind: str, L: int, *, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, gauge: torch.Tensor | None = None) -> None:
         super().__init__()
         if kind not in FOLD_KINDS:
             raise ValueError(f"loss.sign_fold must be one of {FOLD_KINDS} or null, got {kind!r}")
@@ -87,6 +88,13 @@ class SignFold(nn.Module):
         self.L = int(L)
         shape = () if kind == "uniform" else (self.L, self.L)
         self.weight = nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
+        # the order frame of a uniform fold (physics.fold.fold_field); rebuilt from the target, not saved
+        self.register_buffer("gauge", None if gauge is None else gauge.to(device=device, dtype=dtype),
+                             persistent=False)
+
+    def field(self) -> torch.Tensor:
+        """The weight in the target's order frame (``physics.fold.fold_field``): what φ uses."""
+        return fold_field(self.weight, self.gauge)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.shape[-2:] != (self.L, self.L):
@@ -95,12 +103,12 @@ class SignFold(nn.Module):
     def phi(self, x: torch.Tensor) -> torch.Tensor:
         """φ(x) per sample, shape (B,); odd in x."""
         self._check(x)
-        return fold_phi(x, self.weight)
+        return fold_phi(x, self.field())
 
     def log_weight(self, x: torch.Tensor) -> torch.Tensor:
         """ln[2σ(φ(x))] per sample (B,): ln p_φ(x) − ln p(x)."""
         self._check(x)
-        return fold_log_weight(x, self.weight)
+        return fold_log_weight(x, self.field())
 
 
 def forward_gap(log_q: torch.Tensor, energy: torch.Tensor, log_z: float) -> torch.Tensor:

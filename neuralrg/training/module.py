@@ -27,6 +27,7 @@ from ..errors import NonFiniteLossError
 from ..checkpoint import META_KEY, flow_metadata
 from ..sampling.importance import evaluate_flow
 from ..flows.model import NeuralRGFlow
+from ..physics.fold import order_gauge_tensor
 from .chains import ExactIsingData, FlowMCMCChains, check_data_source
 from .losses import LossConfig, SignFold, forward_gap, forward_kl, mixed_loss
 from .schedule import build_scheduler
@@ -104,7 +105,8 @@ class FlowModule(pl.LightningModule):
             if flow.z2:
                 raise ValueError("loss.sign_fold with model.z2=true: the symmetrised q is even already, "
                                  "there is no sign to fold (use one of them)")
-            self.sign_fold = SignFold(self.loss_cfg.sign_fold, flow.L, dtype=flow.dtype, device=flow.device)
+            self.sign_fold = SignFold(self.loss_cfg.sign_fold, flow.L, dtype=flow.dtype, device=flow.device,
+                                      gauge=order_gauge_tensor(flow.target))
         self.forward_weight = self.loss_cfg.weight_schedule()
         c = self.loss_cfg
         # a plain object, not a module buffer: DDP must not broadcast rank 0's chains
