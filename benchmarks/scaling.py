@@ -6,7 +6,8 @@
 
 Each L runs in its own subprocess (so its peak resident memory is its own) with the default model
 of conf/model/mera.yaml (Haar skeleton, preconditioner, 8 RealNVP couplings, hidden [32, 32],
-float32; ``--model context``: the context blocks of conf/model/mera_context.yaml) on ``--device`` and
+float32; ``--model context``: the context blocks of conf/model/mera_context.yaml; ``--model context_spline``:
+conf/model/mera_context_spline.yaml at width 48, the model of the L >= 16 presets) on ``--device`` and
 measures, medians over ``--repeats`` (on a GPU timed between ``torch.cuda.synchronize`` calls):
 
 * one reverse-KL training step (sample, loss, backward, Adam) of ``--batch`` samples: ms and µs per
@@ -39,7 +40,15 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-BLOCKS = {"mera": None, "context": "neuralrg.flows.context.ContextPlaquetteBijector"}
+_CTX = "neuralrg.flows.context:ContextPlaquetteBijector"
+MODELS = {  # build_mera arguments (besides skeleton, preconditioner, silu) of each --model
+    "mera": dict(block=None, n_couplings=8, hidden=[32, 32]),
+    "context": dict(block=_CTX, n_couplings=8, hidden=[32, 32]),
+    # conf/model/mera_context_spline.yaml at the width of the L >= 16 presets (model.block.hidden=[48,48])
+    "context_spline": dict(block="neuralrg.flows.context:ContextSplinePlaquetteBijector", n_couplings=4, hidden=[48, 48],
+                           decimator_block={"class": _CTX, "kwargs": dict(n_couplings=8, hidden=[48, 48],
+                                                                          activation="silu")}),
+}
 
 
 def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int, device: str = "cpu",
@@ -57,8 +66,7 @@ def measure(L: int, batch: int, repeats: int, leapfrog: int, threads: int, devic
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     target = IsingTarget(L, K_C)
-    flow = build_mera(target, block=BLOCKS[model], skeleton="haar", precondition="auto", n_couplings=8,
-                      hidden=[32, 32], activation="silu").to(dev)
+    flow = build_mera(target, skeleton="haar", precondition="auto", activation="silu", **MODELS[model]).to(dev)
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
         base_alloc = torch.cuda.memory_allocated(dev)
@@ -126,8 +134,9 @@ def main() -> None:
     ap.add_argument("--leapfrog", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
-    ap.add_argument("--model", choices=sorted(BLOCKS), default="mera",
-                    help="mera: conf/model/mera.yaml; context: conf/model/mera_context.yaml (the L >= 16 presets)")
+    ap.add_argument("--model", choices=sorted(MODELS), default="mera",
+                    help="mera: conf/model/mera.yaml; context: conf/model/mera_context.yaml; context_spline: "
+                         "conf/model/mera_context_spline.yaml at width 48 (the L >= 16 presets)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (on a GPU: peak MiB is the device's "
                     "max_memory_allocated, not the process's resident memory)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: measure one L, print JSON
