@@ -176,7 +176,7 @@ def train_flow(case: Case, args: argparse.Namespace, root: Path) -> tuple[Any, d
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     flow = module.flow.cpu().eval()
     # trained with loss.sign_fold: the samplers' fold=auto finds the weight where load_flow puts it
-    flow.sign_fold_weight = None if module.sign_fold is None else module.sign_fold.weight.detach().cpu()
+    flow.sign_fold_weight = None if module.sign_fold is None else module.sign_fold.field().detach().cpu()  # in the order frame
     info = {"run_dir": str(run_dir), "model": flow.config, "num_parameters": flow.num_parameters(),
             "batch_size": int(cfg.batch_size), "dtype": str(cfg.dtype), "probe_ms_per_step": 1000 * step_s,
             "planned_steps": steps, "steps": int(trainer.global_step), "train_s": train_s, "exact_s": exact_s}
