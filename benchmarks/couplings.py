@@ -224,7 +224,8 @@ def run_one_sampler(name: str, flow: Any, target: IsingTarget, args: argparse.Na
            "seconds_per_trajectory": run.seconds_per_step, "sampling_s": run.seconds_per_step * T,
            "wall_s": wall, "warmup_and_overhead_s": wall - run.seconds_per_step * T,
            "ess_energy_per_second": summ["ess_energy_per_second"], "ess_m2_per_second": summ["ess_per_second"],
-           "tau_energy": summ["tau_int"]["energy"], "tau_m2": summ["tau_int"]["m2"],
+           "tau_energy": summ["tau_int"]["energy"], "tau_m2": summ["tau_int"][summ["order_parameter"]],
+           "order_parameter": summ["order_parameter"],  # m2, or ms2 (staggered) for the antiferromagnet
            "energy_per_site": obs["energy_per_site"], "m2": obs["m2"],
            "settings": {k: v for k, v in run.settings.items() if not isinstance(v, torch.Tensor)}}
     if "q2" in run.observables:
@@ -370,7 +371,7 @@ def run_case(case: Case, args: argparse.Namespace, root: Path, index: int) -> di
               f"(+{rec['warmup_and_overhead_s']:.1f} s warm-up), acc {rec['acceptance']:.2f}, "
               f"ESS/s e {rec['ess_energy_per_second']:8.1f}"
               + (f", q² {q['mean']:.4f} ± {q['err']:.4f} ESS/s {q['ess_per_second']:8.1f}" if q else
-                 f", m² ESS/s {rec['ess_m2_per_second']:8.1f}")
+                 f", {rec.get('order_parameter', 'm2')} ESS/s {rec['ess_m2_per_second']:8.1f}")
               + (f", e dev {rec['energy_dev_sigma']:+.1f}σ" if rec.get("energy_dev_sigma") is not None else ""),
               flush=True)
     comparison = compare(samplers, case.kind)
@@ -407,7 +408,7 @@ LEGEND = ("'*': τ_int window not converged (ESS/s an upper bound). best neural:
 
 def details(records: list[dict]) -> str:
     """Every sampler of every case: trajectories, cost, acceptance, ESS/s, bias."""
-    lines = ["| case | sampler | traj | ms/traj | acc. | ESS/s e | ESS/s q² (m²) | q² ± err | e dev σ |",
+    lines = ["| case | sampler | traj | ms/traj | acc. | ESS/s e | ESS/s q² (m², the AFM: mₛ²) | q² ± err | e dev σ |",
              "|" + "---|" * 9]
     for r in records:
         obs2 = "q2" if r["kind"] == "glass" else "m2"
@@ -445,7 +446,7 @@ def report(meta: dict) -> str:
 
 def table(records: list[dict]) -> str:
     head = ("| case | steps | gap/N | IS − exact (/N) | σ | k̂ | ≤3σ | σ≤1e-3 | best neural | "
-            "ESS/s e: NN / base | ESS/s q² (m²): NN / base | e dev σ: NN / base |")
+            "ESS/s e: NN / base | ESS/s q² (m², the AFM: mₛ²): NN / base | e dev σ: NN / base |")
     lines = [head, "|" + "---|" * 12]
     for r in records:
         imp, cmp_, s = r["importance"], r["comparison"], r["samplers"]

@@ -355,6 +355,11 @@ def test_wolff_is_exact_for_unfrustrated_couplings(target):
         assert abs(float(ms2_x.mean()) - ex["ms2"]) < N_SIGMA * 3 * float(ms2_x.std()) / math.sqrt(ms2_x.numel())
     for key in keys:
         within(summ, key, ex[key])
+    # τ and ESS/s of the order parameter: the staggered m² where there is an order gauge
+    order = "ms2" if target.order_gauge is not None else "m2"
+    assert summ["order_parameter"] == order and set(summ["tau_int"]) == {"m2", "energy", order}
+    C, T = run.observables["m2"].shape
+    assert summ["ess_m2"] == pytest.approx(C * T / (2 * summ["tau_int"][order]["trajectories"]), rel=1e-12)
     # kept x are exact HS samples of the (gauged) spins: the continuous energy estimator agrees too
     e = target.observables(run.x.to(F64))["energy"]
     assert abs(float(e.mean()) - ex["energy_per_site"]) < N_SIGMA * float(e.std()) / math.sqrt(e.numel()) * 3
