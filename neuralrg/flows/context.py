@@ -17,7 +17,7 @@ log-scale, zero last layer = identity start) is ``PlaquetteCoupling``'s.
 
 ``ContextSplinePlaquetteCoupling`` / ``ContextSplinePlaquetteBijector`` put the same first layer in
 front of ``spline.SplinePlaquetteCoupling`` (a monotone rational-quadratic spline, then affine): the
-disentanglers of ``conf/model/mera_context_spline.yaml``, the default model of the L = 8 and 16 presets.
+disentanglers of ``conf/model/mera_context_spline.yaml``, the default model of the Ising presets.
 """
 from __future__ import annotations
 
