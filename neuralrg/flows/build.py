@@ -132,16 +132,21 @@ def block_factory(spec: dict[str, Any]) -> Callable[[], nn.Module]:
     return functools.partial(cls, **spec["kwargs"])
 
 
+def _resolve_auto(value: bool | str, name: str, has: bool, needs: str) -> bool:
+    """A true | false | "auto" option of a fixed layer the target may or may not support (``has``):
+    "auto" = ``has``; true where the target lacks it is a ValueError saying what it ``needs``."""
+    if value == "auto":
+        return has
+    value = _check_flag(value, name)
+    if value and not has:
+        raise ValueError(f"{name}=true needs {needs}: use {name}=false or auto")
+    return value
+
+
 def _preconditioner(target: LatticeTarget, precondition: bool | str) -> bool:
     """Resolve ``precondition`` (true | false | "auto": where the target has a Gaussian part)."""
-    has = callable(getattr(target, "apply_coupling_power", None))
-    if precondition == "auto":
-        return has
-    precondition = _check_flag(precondition, "precondition")
-    if precondition and not has:
-        raise ValueError(f"precondition=true needs a target with a Gaussian part (apply_coupling_power); "
-                         f"{type(target).__name__} has none: use precondition=false or auto")
-    return precondition
+    return _resolve_auto(precondition, "precondition", callable(getattr(target, "apply_coupling_power", None)),
+                         f"a target with a Gaussian part (apply_coupling_power); {type(target).__name__} has none")
 
 
 def _check_z2(target: LatticeTarget, z2: object) -> bool:
@@ -153,14 +158,9 @@ def _check_z2(target: LatticeTarget, z2: object) -> bool:
 
 def _gauge(target: LatticeTarget, gauge: bool | str) -> bool:
     """Resolve ``gauge`` (true | false | "auto": where the target has an order gauge, ``gauge.target_gauge``)."""
-    has = target_gauge(target) is not None
-    if gauge == "auto":
-        return has
-    gauge = _check_flag(gauge, "gauge")
-    if gauge and not has:
-        raise ValueError(f"gauge=true needs an unfrustrated antiferromagnet on an even torus (a target with an "
-                         f"order_gauge); {target!r} has none: use gauge=false or auto")
-    return gauge
+    return _resolve_auto(gauge, "gauge", target_gauge(target) is not None,
+                         f"an unfrustrated antiferromagnet on an even torus (a target with an order_gauge); "
+                         f"{target!r} has none")
 
 
 def _with_preconditioner(layers: list, target: LatticeTarget, precondition: bool, gauge: bool = False) -> list:
