@@ -61,3 +61,18 @@ def test_gauge_resolution_config_and_errors():
         build_mera(afm, gauge="yes", **KW)
     with pytest.raises(ValueError, match="no order gauge"):
         SignGauge(fm)
+
+
+def test_analysis_sees_the_mera_output_without_the_fixed_layers():
+    """``hierarchy_layers`` drops the gauge and the preconditioner; ``hierarchy_output`` inverts them:
+    g·A^{−1/2}x, the MERA's output, on which the responses and the y images of analyze.py are taken."""
+    from neuralrg.analysis.response import has_preconditioner, hierarchy_forward, hierarchy_layers, hierarchy_output
+    t = IsingTarget(4, -K_C)
+    f = randomise(build_mera(t, gauge=True, **KW).to(DT), 0.1, 4)
+    assert len(hierarchy_layers(f)) == len(list(f.flows)) - 2 and has_preconditioner(f)
+    z = torch.randn(3, 4, 4, dtype=DT, generator=torch.Generator().manual_seed(5))
+    x = f.forward_and_log_det(z)[0]
+    g = torch.as_tensor(sublattice_gauge(4, True, True), dtype=DT)
+    y = hierarchy_output(f, x)
+    assert (y - g * t.apply_coupling_power(x, -0.5)).abs().max() <= 1e-10
+    assert (y - hierarchy_forward(f, z)).abs().max() <= 1e-10
