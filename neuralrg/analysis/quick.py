@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..physics.observables import order_parameter
 from ..physics.wolff import exact_x_samples, wolff_unsupported_reason
 from .latents import latents_under_p
 from .response import response_analysis
@@ -52,7 +53,7 @@ def one_sign_r2(flow: Any, x: torch.Tensor, seed: int = 0) -> dict[str, float | 
             z, y = latents_under_p(flow, x.to(flow.device, flow.dtype), generator=gen)
     finally:
         flow.z2 = z2
-    m = flow.target.observables(y.detach().cpu().double())["m"]
+    m = order_parameter(flow.target.observables(y.detach().cpu().double()))
     return {f"top{k}": (r2_top_levels(z.detach().cpu(), m, levels, k) if k <= n_levels else None) for k in (1, 2)}
 
 
@@ -105,7 +106,7 @@ def quick_rg_figures(flow: Any, n_samples: int = 2048, seed: int = 0, n_latents:
         samples = f"{n_samples} samples of the flow q (no exact sampler: not comparable with analyze.py)"
     levels = flow.latent_levels.cpu()
     n_levels = int(levels.max()) + 1
-    m = flow.target.observables(y.detach().cpu().double())["m"]
+    m = order_parameter(flow.target.observables(y.detach().cpu().double()))
     z_cpu = z.detach().cpu()
     r2 = {k: (r2_top_levels(z_cpu, m, levels, k) if k <= n_levels else None) for k in (1, 2)}
     cubic: dict[int, float | None] = {}

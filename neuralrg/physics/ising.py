@@ -242,7 +242,8 @@ class IsingTarget(LatticeTarget):
     def observables(self, x: torch.Tensor, generator: torch.Generator | None = None
                     ) -> dict[str, torch.Tensor]:
         """Improved (Rao–Blackwellised) per-site moments E[· | x] of the spins (energy = H/N with
-        H = −Σ_b J_b s s, energy2, m, m2, m4; ``observables.conditional_moments``) and |m| of
+        H = −Σ_b J_b s s, energy2, m, m2, m4; ``observables.conditional_moments``; an antiferromagnet
+        adds the staggered ms, ms2, ms4, see ``observables.order_parameter``) and |m| of
         spins drawn from P(s | x) with ``generator``; each (B,). Glass targets with an even batch
         add the replica overlap ``q2``, ``q4`` (``observables.pair_overlap_moments``: chains
         2i and 2i+1 are the two replicas, both entries carry the pair's value)."""
@@ -254,7 +255,7 @@ class IsingTarget(LatticeTarget):
         g = self._gauge_tensor(x)
         if g is not None:  # staggered moments: g·s | x has means tanh(g x), i.e. m-moments at g·x
             stag = conditional_moments(g * x)
-            mom["ms2"], mom["ms4"] = stag["m2"], stag["m4"]
+            mom["ms"], mom["ms2"], mom["ms4"] = stag["m"], stag["m2"], stag["m4"]
         if self.is_glass and x.shape[0] % 2 == 0:
             mom.update(pair_overlap_moments(x))
         return mom

@@ -172,6 +172,12 @@ def _as_chains(a: Tensor | np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
+def order_parameter(moments: dict[str, Tensor]) -> Tensor:
+    """The order parameter per sample from a target's ``observables``: the staggered magnetisation ``ms``
+    where the target has one (an antiferromagnet, whose uniform m is a fast mode), else m."""
+    return moments["ms"] if "ms" in moments else moments["m"]
+
+
 def summarize_observables(moments: dict[str, Tensor], K: float, N: int, *,
                           abs_m: Tensor | None = None, c: float = 6.0) -> dict[str, dict]:
     """Ensemble averages with error bars from per-sample moments shaped (C, T).

@@ -76,6 +76,7 @@ from ..analysis.latents import (MI_METHODS, coarse_latent_correlations, latents_
 from ..analysis.response import has_preconditioner, hierarchy_layers, hierarchy_output, response_analysis
 from ..analysis.rg_organisation import rg_organisation
 from ..checkpoint import load_flow, load_flow_at, resolve_checkpoint, target_summary
+from ..physics.observables import order_parameter
 from ..plotting import save_figure
 from ..sampling.fold import check_fold
 from ..sampling.progress import NULL_PROGRESS, Progress
@@ -255,13 +256,14 @@ def analyze_samples(flow: Any, x: torch.Tensor, *, mi: dict[str, Any] | None = N
     stage("coarse latents and landscape")
     t0 = time.perf_counter()
     obs_y = flow.target.observables(y_cpu.double())  # y: x in the flow's sign convention (= x without Z2)
-    coarse = coarse_latent_correlations(z_cpu, obs_y["m"], obs_y["energy"], levels)
-    rg = rg_organisation(z_cpu, y_cpu, obs_y["m"], levels, level_pairs=pairs, physical_pairs=physical,
+    m_y = order_parameter(obs_y)  # m, or the staggered m of an antiferromagnet
+    coarse = coarse_latent_correlations(z_cpu, m_y, obs_y["energy"], levels)
+    rg = rg_organisation(z_cpu, y_cpu, m_y, levels, level_pairs=pairs, physical_pairs=physical,
                          method=methods[0], response=resp, response_physical=resp_x)
     rg["r2_m_top_levels_one_sign"] = one_sign_r2(flow, x, seed)
     z_top = z_cpu[:, 0, 0].double().numpy()
-    m_x = flow.target.observables(x_cpu.double())["m"].numpy()
-    m_y = obs_y["m"].numpy()
+    m_x = order_parameter(flow.target.observables(x_cpu.double())).numpy()
+    m_y = m_y.numpy()
     lkw = dict(bins=int(landscape["bins"]), grid_points=int(landscape["grid_points"]))
     land = {
         "variable": f"z at site (0, 0), level {int(levels[0, 0])} (the coarsest latent)",
