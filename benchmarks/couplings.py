@@ -444,6 +444,9 @@ def report(meta: dict) -> str:
     return "\n".join(lines)
 
 
+ORDER_MARK = {"m2": " (m²)", "ms2": " (mₛ²)"}
+
+
 def table(records: list[dict]) -> str:
     head = ("| case | steps | gap/N | IS − exact (/N) | σ | k̂ | ≤3σ | σ≤1e-3 | best neural | "
             "ESS/s e: NN / base | ESS/s q² (m², the AFM: mₛ²): NN / base | e dev σ: NN / base |")
@@ -458,7 +461,7 @@ def table(records: list[dict]) -> str:
             f"{'yes' if imp['within_3sigma'] else 'no'} | {'yes' if imp['sigma_le_target'] else 'no'} | "
             f"{(cmp_.get('best_neural') or '—') + TIER_MARK.get(cmp_.get('best_neural_tier'), '')} | "
             f"{_ess(b, 'e')} / {_ess(ref, 'e')} | "
-            f"{_ess(b, obs2)} / {_ess(ref, obs2)}{'' if obs2 == 'q2' else ' (m²)'} | "
+            f"{_ess(b, obs2)} / {_ess(ref, obs2)}{'' if obs2 == 'q2' else ORDER_MARK.get((b or {}).get('order_parameter'), ' (m²)')} | "
             f"{_f(b.get('energy_dev_sigma') if b else None, '+.1f')} / "
             f"{_f(ref.get('energy_dev_sigma') if ref else None, '+.1f')} |")
     return "\n".join(lines)
