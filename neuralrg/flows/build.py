@@ -26,8 +26,9 @@ from .coupling import check_activation
 from .flat import flat_layers
 from .hierarchy import latent_levels, mera_layers
 from .model import NeuralRGFlow
-from .gauge import SignGauge, target_gauge
+from .gauge import SignGauge
 from .precondition import GaussianPreconditioner
+from ..physics.fold import order_gauge_tensor
 from .spline import check_spline_args
 from .wavelet import check_skeleton
 
@@ -157,13 +158,13 @@ def _check_z2(target: LatticeTarget, z2: object) -> bool:
 
 
 def _gauge(target: LatticeTarget, gauge: bool | str) -> bool:
-    """Resolve ``gauge`` (true | false | "auto": where the target has an order gauge, ``gauge.target_gauge``)."""
-    return _resolve_auto(gauge, "gauge", target_gauge(target) is not None,
+    """Resolve ``gauge`` (true | false | "auto": where the target has an order gauge, ``IsingTarget.order_gauge``)."""
+    return _resolve_auto(gauge, "gauge", order_gauge_tensor(target) is not None,
                          f"an unfrustrated antiferromagnet on an even torus (a target with an order_gauge); "
                          f"{target!r} has none")
 
 
-def _with_preconditioner(layers: list, target: LatticeTarget, precondition: bool, gauge: bool = False) -> list:
+def _output_layers(layers: list, target: LatticeTarget, precondition: bool, gauge: bool = False) -> list:
     """The learned layers, then the fixed output layers: the sign gauge (``gauge``), the preconditioner."""
     return (list(layers) + ([SignGauge(target)] if gauge else [])
             + ([GaussianPreconditioner(target)] if precondition else []))
@@ -230,7 +231,7 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
         config["decimator_block"] = dec_spec
     if gauge:
         config["gauge"] = True
-    return NeuralRGFlow(_with_preconditioner(layers, target, precondition, gauge), target, z2=z2,
+    return NeuralRGFlow(_output_layers(layers, target, precondition, gauge), target, z2=z2,
                         levels=latent_levels(L, depth), config=config)
 
 
@@ -257,7 +258,7 @@ def build_flat(target: LatticeTarget, n_couplings: int = 8, hidden: int = 16,
                   n_hidden_layers=n_hidden_layers, kernel_size=kernel_size, z2=z2,
                   scale_bound=float(scale_bound), precondition=precondition, activation=activation)
     levels = torch.zeros(L, L, dtype=torch.long)
-    return NeuralRGFlow(_with_preconditioner(layers, target, precondition), target, z2=z2, levels=levels,
+    return NeuralRGFlow(_output_layers(layers, target, precondition), target, z2=z2, levels=levels,
                         config=config)
 
 

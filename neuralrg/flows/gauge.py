@@ -18,10 +18,10 @@ from __future__ import annotations
 import normflows as nf
 import torch
 
-from ..physics.fold import order_gauge_tensor as target_gauge
+from ..physics.fold import order_gauge_tensor
 from ..physics.target import LatticeTarget, check_field_shape
 
-__all__ = ["SignGauge", "target_gauge"]
+__all__ = ["SignGauge"]
 
 
 class SignGauge(nf.flows.Flow):
@@ -29,7 +29,7 @@ class SignGauge(nf.flows.Flow):
 
     def __init__(self, target: LatticeTarget) -> None:
         super().__init__()
-        g = target_gauge(target)
+        g = order_gauge_tensor(target)
         if g is None:
             raise ValueError(f"{target!r} has no order gauge (only unfrustrated antiferromagnets on an even "
                              "torus have one): a sign gauge would change nothing")

@@ -22,6 +22,7 @@ import torch
 
 from .couplings import (MAX_DENSE_L, bonds_from_spec, dense_coupling_matrix, disorder_pattern, hs_log_z,
                         load_bond_file)
+from .fold import order_gauge_tensor
 from .lattice import check_coupling, check_lattice_size, check_shift, coupling_spectrum, hs_diagonal_shift
 from .target import LatticeTarget, check_field_shape, check_finite_number
 
@@ -164,8 +165,8 @@ class IsingTarget(LatticeTarget):
         return sublattice_gauge(self.L, kx < 0, ky < 0)
 
     def _gauge_tensor(self, x: torch.Tensor) -> torch.Tensor | None:
-        g = self.order_gauge
-        return None if g is None else torch.from_numpy(g).to(device=x.device, dtype=x.dtype)
+        g = order_gauge_tensor(self)
+        return None if g is None else g.to(device=x.device, dtype=x.dtype)
 
     def spec_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"L": self.L, "K": self.K, "shift": self.shift}
