@@ -237,6 +237,9 @@ def test_ladder_runs_and_writes_its_table(tmp_path):
     assert (d / "L4" / "checkpoints" / "last.ckpt").is_file() and (d / "L8" / "summary.json").is_file()
     table = format_ladder(result)
     assert "Z2 gap/N" in table and "ln Z/N exact" in table and "R²(m|top)" in table and len(table.splitlines()) >= 4
+    # ESS/M and IS ln Z/N are the Z2-symmetrised q's (the plain q may cover one sign of m only)
+    assert all(r["z2_ess_fraction"] is not None for r in rows) and "the Z2-symmetrised q's" in table
+    assert f"{rows[1]['z2_ess_fraction']:.4f}" in table and f"{rows[1]['z2_is_log_z_per_site']:.6f}" in table
 
 
 # ----------------------------------------------------------------------------- memory
