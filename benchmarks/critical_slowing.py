@@ -4,15 +4,17 @@
     python benchmarks/critical_slowing.py runs/ladder_z [--at 64] [--samplers latent_hmc physical_hmc wolff]
 
 For every rung of a ladder run (``<dir>/L<L>/``; or give run directories with --runs) it samples
-the rung's flow with each sampler through ``run_sampling`` (same chains, warm-up, leapfrog count and
-target acceptance for the HMC samplers; physical HMC and Wolff get ``--cheap-factor`` times more
+the rung's flow with each sampler through ``run_sampling`` (same chains, warm-up, leapfrog count (or,
+with --trajectory-length T, the same trajectory length: ceil(T/step) leapfrog steps at each L's adapted
+step) and target acceptance for the HMC samplers; physical HMC and Wolff get ``--cheap-factor`` times more
 trajectories because they cost less each) and records τ_int(m²) and τ_int(E) in trajectories (with
 Sokal's window flag), their error (Madras–Sokal: σ_τ ≈ τ·sqrt(2(2W+1)/(C·T))), the seconds per
 trajectory per site, and ESS/s. With ``--at 64`` the largest rung's level-shared flow is also run
 at L = 64 with the same parameters (zero-shot; its gap is reported, not its training).
 
 Fits τ ∝ L^z per sampler and observable by weighted least squares in log–log (z ± its standard
-error; windows that did not converge make τ a lower bound and are marked) and extrapolates the
+error; windows that did not converge make τ a lower bound and are marked), also for τ counted in
+gradient evaluations (the exponent of the cost where the leapfrog count grows with L), and extrapolates the
 ESS/s ratios latent/physical and hybrid/physical HMC to the L where they cross 1 (if the fitted laws cross). Prints a
 table and writes benchmarks/results/critical_slowing<tag>.json.
 """
@@ -97,6 +99,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--leapfrog", type=int, default=10)
+    ap.add_argument("--trajectory-length", type=float, default=None,
+                    help="HMC samplers: ceil(T/step) leapfrog steps a move at each L's adapted step (a fixed "
+                         "trajectory length across L; --leapfrog is then ignored)")
     ap.add_argument("--cheap-factor", type=int, default=4, help="trajectory multiplier for physical HMC and Wolff")
     ap.add_argument("--at", type=int, nargs="*", default=[], help="also run the largest rung's flow at these L")
     ap.add_argument("--threads", type=int, default=1)
@@ -104,16 +109,19 @@ def main() -> None:
                     help="the sign fold for every sampler that takes it (hybrid, flow Metropolis, latent HMC): "
                          "auto (a rung's trained fold) or a number (a uniform fold of that size); default none")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--merge", nargs="+", default=[],
+                    help="critical_slowing*.json files of earlier runs (e.g. the largest L run on its own, in "
+                         "parallel): their rows join this run's table and fits; their HMC settings must match")
     args = ap.parse_args()
-    if not args.ladder and not args.runs:
-        ap.error("give a ladder run directory or --runs")
+    if not args.ladder and not args.runs and not args.merge:
+        ap.error("give a ladder run directory, --runs or --merge")
     torch.set_num_threads(args.threads)
-    rungs = rung_dirs(args)
-    if not rungs:
+    rungs = rung_dirs(args) if args.ladder or args.runs else {}
+    if not rungs and not args.merge:
         raise SystemExit("no trained rungs found")
     jobs = [(L, d, None) for L, d in rungs.items()] + [(L, rungs[max(rungs)], L) for L in args.at]
     base = dict(n_chains=args.chains, n_warmup=args.warmup, n_samples=args.samples, n_leapfrog=args.leapfrog,
-                step_size=0.1, target_accept=0.8)
+                step_size=0.1, target_accept=0.8, trajectory_length=args.trajectory_length)
     cheap = {"n_samples": args.samples * args.cheap_factor}
     per = {k: cheap for k in ("physical_hmc", "wolff") if k in args.samplers}
     if args.fold is not None:
@@ -133,13 +141,28 @@ def main() -> None:
                        "us_per_trajectory_site": 1e6 * r["seconds_per_trajectory"] / (r["settings"]["n_chains"] * L * L),
                        "ess_per_second": r["ess_per_second"], "gap_per_site": imp.get("gap_per_site"),
                        "dev_sigma_energy": r["deviation_sigma"].get("energy_per_site")}
+                st = r["settings"]
+                lf = st.get("leapfrog_per_block") or ([st["n_leapfrog"]] if "n_leapfrog" in st else None)
+                row["step_size"] = st.get("step_size")
+                row["leapfrog_per_trajectory"] = sum(lf) if lf else None
                 for obs in ("m2", "energy"):
                     t = r["tau_int"][obs]
                     row[f"tau_{obs}"] = t["trajectories"]
                     row[f"tau_{obs}_err"] = tau_error(t["trajectories"], t["window"], n)
                     row[f"tau_{obs}_converged"] = t["converged"]
+                    if lf:  # τ in gradient evaluations: what a trajectory of this L costs
+                        row[f"tau_{obs}_grads"] = t["trajectories"] * sum(lf)
+                        row[f"tau_{obs}_grads_err"] = row[f"tau_{obs}_err"] * sum(lf)
                 rows.append(row)
             print(f"L={L}{' (zero-shot)' if at_L else ''} done", flush=True)
+    same = ("leapfrog", "trajectory_length", "fold")
+    for path in args.merge:
+        other = json.loads(Path(path).read_text())
+        diff = {k: (other["settings"].get(k), getattr(args, k)) for k in same if other["settings"].get(k) != getattr(args, k)}
+        if diff:
+            raise SystemExit(f"{path}: settings differ from this run's {diff} (theirs, ours); not merged")
+        rows += [r for r in other["rows"] if r["sampler"] in args.samplers]
+    rows.sort(key=lambda r: (r["zero_shot"], r["L"], args.samplers.index(r["sampler"])))
     fits = {}
     for name in args.samplers:
         for obs in ("m2", "energy"):
@@ -148,17 +171,25 @@ def main() -> None:
                 fits[f"{name}/{obs}"] = {**fit_power([r["L"] for r in rs], [r[f"tau_{obs}"] for r in rs],
                                                      [r[f"tau_{obs}_err"] for r in rs]),
                                          "all_converged": all(r[f"tau_{obs}_converged"] for r in rs)}
+                if all(f"tau_{obs}_grads" in r for r in rs):  # z of the cost: τ in gradient evaluations
+                    fits[f"{name}/{obs}/grads"] = {
+                        **fit_power([r["L"] for r in rs], [r[f"tau_{obs}_grads"] for r in rs],
+                                    [r[f"tau_{obs}_grads_err"] for r in rs]),
+                        "all_converged": all(r[f"tau_{obs}_converged"] for r in rs)}
     # ESS/s ratio neural/physical HMC against L: a power law fitted to the ratio, extrapolated to 1
     crossings = {name: ess_ratio(rows, name) for name in ("latent_hmc", "hybrid") if name in args.samplers}
     crossing = crossings.get("latent_hmc")
-    print(f"\n{'L':>4} {'sampler':<14} {'acc':>5} {'τ(m²)':>14} {'τ(E)':>14} {'µs/(traj·site)':>15} {'ESS/s':>8} {'gap/N':>8}")
+    print(f"\n{'L':>4} {'sampler':<14} {'acc':>5} {'step':>6} {'leapfrog':>8} {'τ(m²)':>14} {'τ(E)':>14} "
+          f"{'µs/(traj·site)':>15} {'ESS/s':>8} {'gap/N':>8}")
     for r in rows:
         f = lambda o: f"{r[f'tau_{o}']:.1f}±{r[f'tau_{o}_err']:.1f}{'' if r[f'tau_{o}_converged'] else '>'}"  # noqa: E731
         gap = "" if r["gap_per_site"] is None else f"{r['gap_per_site']:.4f}"
-        print(f"{r['L']:>4}{'*' if r['zero_shot'] else ' '}{r['sampler']:<14} {r['acceptance']:5.2f} {f('m2'):>14} "
+        step = "" if not r["step_size"] else f"{r['step_size'][0]:.3f}"
+        lf = "" if r["leapfrog_per_trajectory"] is None else str(r["leapfrog_per_trajectory"])
+        print(f"{r['L']:>4}{'*' if r['zero_shot'] else ' '}{r['sampler']:<14} {r['acceptance']:5.2f} {step:>6} {lf:>8} {f('m2'):>14} "
               f"{f('energy'):>14} {r['us_per_trajectory_site']:15.2f} {r['ess_per_second']:8.2f} {gap:>8}")
     print("('>': τ window not converged, a lower bound; '*': zero-shot, the largest rung's flow at this L)")
-    print("\ndynamic exponents τ ∝ L^z:")
+    print("\ndynamic exponents τ ∝ L^z (τ in trajectories; '/grads': in gradient evaluations, the cost's exponent):")
     for k, f in fits.items():
         print(f"  {k:<22} z = {f['z']:.2f} ± {f['z_err']:.2f}{'' if f['all_converged'] else '  (some windows unconverged: lower bounds)'}")
     for name, c in crossings.items():

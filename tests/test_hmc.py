@@ -8,7 +8,8 @@ import torch
 
 from neuralrg.physics.ising import IsingTarget
 from neuralrg.physics.lattice import K_C
-from neuralrg.sampling.hmc import DualAveraging, hmc_step, leapfrog, make_potential_and_grad, run_hmc
+from neuralrg.sampling.hmc import (DualAveraging, hmc_step, leapfrog, make_potential_and_grad, n_leapfrog_for,
+                                   run_hmc)
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -89,6 +90,26 @@ def test_blocked_gaussian_invariance_two_complementary_blocks():
                   blocks=[a, (~a).to(F64)], generator=g, keep_samples=True)
     assert res.step_size.shape == (2,) and res.accept_prob.shape == (300, 2, 256)
     check_gaussian_moments(res.samples, cov)
+
+
+def test_fixed_trajectory_length_invariance_and_leapfrog_count():
+    """trajectory_length T: every move takes ceil(T/eps) steps at the adapted eps, and the chain
+    still targets the Gaussian; counts of gradient evaluations follow, per block."""
+    assert n_leapfrog_for(1.0, 0.1) == 10 and n_leapfrog_for(1.0, 0.3) == 4 and n_leapfrog_for(0.01, 0.5) == 1
+    d = 5
+    cov = correlated_cov(d)
+    potential, _ = gaussian(cov)
+    g = torch.Generator().manual_seed(21)
+    x0 = 2.0 + 0.1 * torch.randn(256, d, dtype=F64, generator=g)
+    a = torch.tensor([True, False, True, False, True])
+    res = run_hmc(potential, x0, n_warmup=100, n_samples=300, step_size=0.1, n_leapfrog=1, trajectory_length=2.0,
+                  blocks=[a, ~a], generator=g, keep_samples=True)
+    check_gaussian_moments(res.samples, cov)
+    want = [math.ceil(2.0 / float(e)) for e in res.step_size]
+    assert res.n_leapfrog == want and min(want) >= 2  # n_leapfrog (1) is ignored
+    assert res.n_grad_evals - res.n_grad_evals_warmup == 300 * sum(want)
+    fixed = run_hmc(potential, x0, n_warmup=3, n_samples=4, step_size=0.1, n_leapfrog=6, generator=g)
+    assert fixed.n_leapfrog == [6] and fixed.n_grad_evals == 1 + 7 * 6
 
 
 # ----------------------------------------------------------------------------- integrator
@@ -306,6 +327,9 @@ def _pot(x):
     (dict(n_warmup=-1), "n_warmup"),
     (dict(thin=0), "thin"),
     (dict(target_accept=1.0), "target_accept"),
+    (dict(trajectory_length=0.0), "trajectory_length"),
+    (dict(trajectory_length=-1.0), "trajectory_length"),
+    (dict(trajectory_length=float("inf")), "trajectory_length"),
     (dict(x0=torch.zeros(0, 3, dtype=F64)), "x0"),
     (dict(x0=torch.zeros(4, 3, dtype=torch.int64)), "x0"),
     (dict(blocks=[torch.ones(4, dtype=torch.bool)]), "blocks"),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -342,6 +342,8 @@ class HMCResult:
     warmup_time, sampling_time: wall seconds (CUDA-synchronised).
     x_final: (C, *event_shape) last state, e.g. to continue the chains.
     n_kept: kept trajectories (T; fewer than n_samples when ``partial``: stopped by ``max_time``).
+    n_leapfrog: (B,) leapfrog steps per move after warm-up, per block (``n_leapfrog``, or
+    ⌈T/ε⌉ with ``trajectory_length``).
     """
 
     samples: Tensor | None
@@ -357,6 +359,7 @@ class HMCResult:
     x_final: Tensor
     n_kept: int = 0
     partial: bool = False
+    n_leapfrog: list[int] = field(default_factory=list)
 
     @property
     def mean_accept(self) -> Tensor:
@@ -375,13 +378,18 @@ def _check_step_sizes(step_size, n_blocks: int) -> list[float]:
     return [_check_step_size(step_size)] * n_blocks
 
 
+def n_leapfrog_for(trajectory_length: float, step_size: float) -> int:
+    """Leapfrog steps for a trajectory of length T at step ε: ⌈T/ε⌉ (at least 1)."""
+    return max(1, math.ceil(trajectory_length / step_size - 1e-9))
+
+
 def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_samples: int,
             step_size: float | Tensor | Sequence[float] = 0.1, n_leapfrog: int = 10,
             target_accept: float = 0.8, adapt: bool = True, blocks: Sequence[Tensor] | None = None,
             thin: int = 1, observe: ObserveFn | None = None, generator: torch.Generator | None = None,
             grad_fn: PotentialAndGradFn | None = None, keep_samples: bool = False,
             progress: Progress | None = None, max_time: float | None = None,
-            cuda_graph: bool = False) -> HMCResult:
+            cuda_graph: bool = False, trajectory_length: float | None = None) -> HMCResult:
     """Run C batched HMC chains from ``x0`` (C, *event_shape): warm-up, then sampling.
 
     One trajectory = one HMC move per block, cycling through ``blocks`` (a list of masks,
@@ -396,12 +404,17 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     seconds for the sampling phase (after warm-up): the chains then stop after the current
     trajectory, keeping at least 2 (``HMCResult.partial``, ``n_kept``). ``cuda_graph``: on a CUDA
     device, replay the potential and gradient from one captured graph (``cuda_graphed``).
+    ``trajectory_length`` T: each move takes ``n_leapfrog_for(T, ε)`` = ⌈T/ε⌉ leapfrog steps at its
+    block's current step size ε instead of ``n_leapfrog`` (fixed trajectory length, as Stan's
+    ``int_time``: a smaller adapted step then buys more steps, not a shorter move).
     """
     _check_state(x0, "x0")
     _check_int(n_warmup, "n_warmup", 0)
     _check_int(n_samples, "n_samples", 1)
     _check_int(n_leapfrog, "n_leapfrog", 1)
     _check_int(thin, "thin", 1)
+    if trajectory_length is not None:
+        trajectory_length = _check_step_size(trajectory_length, "trajectory_length")
     if isinstance(target_accept, bool) or not isinstance(target_accept, (int, float)) \
             or not 0.0 < float(target_accept) < 1.0:
         raise ValueError(f"target_accept must be a float in (0, 1), got {target_accept!r}")
@@ -429,6 +442,9 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     if cuda_graph:
         pg = cuda_graphed(pg, x0)
 
+    def nsteps(eps: float) -> int:
+        return n_leapfrog if trajectory_length is None else n_leapfrog_for(trajectory_length, eps)
+
     prog = progress if progress is not None else NULL_PROGRESS
     deadline = Deadline(max_time)
     x = x0.detach().clone()
@@ -449,8 +465,9 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
         prog.start("warm-up", n_warmup)
     for it in range(n_warmup):
         for b, mask in enumerate(masks):
-            x, U, grad, a, _ = _hmc_step(x, U, grad, pg, steps[b], n_leapfrog, mask, generator)
-            n_grad += n_leapfrog
+            n = nsteps(steps[b])
+            x, U, grad, a, _ = _hmc_step(x, U, grad, pg, steps[b], n, mask, generator)
+            n_grad += n
             warm_acc[it, b] = a.mean()
             if duals is not None:
                 steps[b] = duals[b].adapt(a)
@@ -461,6 +478,7 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     if n_warmup:
         prog.finish(f"step size {steps[0]:.4g}")
     n_grad_warmup = n_grad
+    n_lf = [nsteps(e) for e in steps]
     _sync(x)
     t_warm = time.perf_counter()
 
@@ -475,8 +493,8 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     n_kept, done = n_samples, S
     for s in range(S):
         for b, mask in enumerate(masks):
-            x, U, grad, a, _ = _hmc_step(x, U, grad, pg, steps[b], n_leapfrog, mask, generator)
-            n_grad += n_leapfrog
+            x, U, grad, a, _ = _hmc_step(x, U, grad, pg, steps[b], n_lf[b], mask, generator)
+            n_grad += n_lf[b]
             accept[s, b] = a
         if report:
             acc_sum += accept[s].mean()
@@ -516,4 +534,4 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
                      warmup_accept_prob=warm_acc, step_size=torch.tensor(steps, dtype=torch.float64),
                      n_grad_evals=n_grad, n_grad_evals_warmup=n_grad_warmup,
                      warmup_time=t_warm - t_start, sampling_time=t_end - t_warm, x_final=x,
-                     n_kept=n_kept, partial=partial)
+                     n_kept=n_kept, partial=partial, n_leapfrog=n_lf)

@@ -71,6 +71,11 @@ def _check_fraction(key: str, v: Any) -> None:
         raise ValueError(f"{key} must be a number in (0, 1), got {v!r}")
 
 
+def _check_positive_or_none(key: str, v: Any) -> None:
+    if v is not None:
+        _check_positive(key, v)
+
+
 def _check_bool(key: str, v: Any) -> None:
     if not isinstance(v, bool):
         raise ValueError(f"{key} must be true or false, got {v!r}")
@@ -81,6 +86,7 @@ COMMON_CHECKS: dict[str, Callable[[str, Any], None]] = {
     "n_chains": _check_int(1), "n_samples": _check_int(2), "n_warmup": _check_int(0),
     "n_leapfrog": _check_int(1), "max_keep": _check_int(1), "batch_size": _check_int(1),
     "step_size": _check_positive, "target_accept": _check_fraction, "cuda_graph": _check_bool,
+    "trajectory_length": _check_positive_or_none,
 }
 
 

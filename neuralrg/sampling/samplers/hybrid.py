@@ -28,7 +28,7 @@ from ...flows.model import random_sign
 from ...physics.target import LatticeTarget
 from ..chains import ChainRun, physical_outputs, sync, thinned_observer
 from ..fold import folded, validate_fold
-from ..hmc import DualAveraging, hmc_step
+from ..hmc import DualAveraging, hmc_step, n_leapfrog_for
 from ..latent import physical_potential_and_grad
 from ..progress import NULL_PROGRESS, Deadline, Progress
 from ..registry import Sampler, check_settings
@@ -36,7 +36,7 @@ from ..registry import Sampler, check_settings
 Tensor = torch.Tensor
 
 DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, k=2, n_leapfrog=10, step_size=0.1, target_accept=0.8,
-                max_keep=2048, fold=None)
+                max_keep=2048, fold=None, trajectory_length=None)
 
 
 def check_hybrid_settings(s: dict[str, Any]) -> None:
@@ -81,7 +81,8 @@ def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, 
                propose: Callable[[int], tuple[Tensor, Tensor, Tensor, Tensor]], *, k: int, n_warmup: int,
                n_samples: int, n_leapfrog: int, step_size: float, target_accept: float,
                observe: Callable[[Tensor], dict[str, Tensor]], generator: torch.Generator | None = None,
-               progress: Progress | None = None, max_time: float | None = None) -> MHHMCResult:
+               progress: Progress | None = None, max_time: float | None = None,
+               trajectory_length: float | None = None) -> MHHMCResult:
     """C chains on states x (C, *event) targeting π ∝ exp(−U), U = ``potential_and_grad(x)[0]``.
 
     A step is one independence-Metropolis move, then ``k`` HMC trajectories (``hmc_step``).
@@ -92,6 +93,7 @@ def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, 
     the step size (dual averaging on every trajectory's mean acceptance probability) and are
     discarded; then ``observe(x)`` is recorded after each of the n_samples steps. ``progress``
     hears of every step; ``max_time`` (wall seconds after warm-up) stops early, keeping >= 2 steps.
+    ``trajectory_length`` T: ⌈T/ε⌉ leapfrog steps a trajectory instead of ``n_leapfrog`` (``run_hmc``).
     """
     x = x0.detach().clone()
     C, dev = x.shape[0], x.device
@@ -131,7 +133,8 @@ def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, 
         if step >= n_warmup:
             n_mh += acc
         for _ in range(k):
-            x, U, grad, a, _ = hmc_step(x, U, grad, potential_and_grad, eps, n_leapfrog, generator=generator)
+            n = n_leapfrog if trajectory_length is None else n_leapfrog_for(trajectory_length, eps)
+            x, U, grad, a, _ = hmc_step(x, U, grad, potential_and_grad, eps, n, generator=generator)
             if step < n_warmup:
                 eps = dual.adapt(a)
             else:
@@ -169,14 +172,14 @@ def run_hybrid(flow: Any, target: LatticeTarget | None = None, *, n_chains: int 
                n_samples: int = 400, k: int = 2, n_leapfrog: int = 10, step_size: float = 0.1,
                target_accept: float = 0.8, max_keep: int = 2048, fold: Any = None,
                generator: torch.Generator | None = None, progress: Progress | None = None,
-               max_time: float | None = None) -> ChainRun:
+               max_time: float | None = None, trajectory_length: float | None = None) -> ChainRun:
     """Flow-Metropolis moves + k physical-HMC trajectories per step (module docstring); chains
     start from flow samples. ``target`` defaults to the flow's. ``ChainRun.accept`` is the
     flow-Metropolis acceptance rate; settings hold it (``flow_mh_accept``) and the HMC acceptance
     probability (``hmc_accept``) separately. Kept z = g⁻¹(x), log_q = ln q(x) (q_sym for Z2; with
-    ``fold`` the plain q of the unsigned state, and x = ±g(z))."""
+    ``fold`` the plain q of the unsigned state, and x = ±g(z)). ``trajectory_length`` as in ``run_mh_hmc``."""
     s = dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
-             step_size=step_size, target_accept=target_accept, max_keep=max_keep)
+             step_size=step_size, target_accept=target_accept, max_keep=max_keep, trajectory_length=trajectory_length)
     check_hybrid_settings(s)
     target = target if target is not None else flow.target
     with folded(flow, fold, generator) as w_fold:
@@ -198,13 +201,14 @@ def run_hybrid(flow: Any, target: LatticeTarget | None = None, *, n_chains: int 
         observe, kept = thinned_observer(target, generator, n_samples, n_chains, max_keep, to_physical)
         res = run_mh_hmc(x0, pg, log_weight, propose, k=k, n_warmup=n_warmup, n_samples=n_samples,
                          n_leapfrog=n_leapfrog, step_size=step_size, target_accept=target_accept,
-                         observe=observe, generator=generator, progress=progress, max_time=max_time)
+                         observe=observe, generator=generator, progress=progress, max_time=max_time,
+                         trajectory_length=trajectory_length)
         y = torch.cat(kept)[:max_keep]
         z, log_q, energy = physical_outputs(flow, target, y)  # E is even: E(±y) = E(y)
     return res.chain_run("hybrid", to_physical(y), z, log_q, energy, x0,
                          dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k,
-                              n_leapfrog=n_leapfrog, target_accept=target_accept,
-                              fold=None if w_fold is None else w_fold.tolist()))
+                              n_leapfrog=n_leapfrog, trajectory_length=trajectory_length,
+                              target_accept=target_accept, fold=None if w_fold is None else w_fold.tolist()))
 
 
 def _run(flow: Any, target: LatticeTarget, s: dict[str, Any], generator: torch.Generator | None, *,

@@ -16,7 +16,7 @@ from ..progress import Progress
 from ..registry import Sampler, check_settings
 
 DEFAULTS = dict(n_chains=64, n_warmup=100, n_samples=400, n_leapfrog=10, step_size=0.1, target_accept=0.8,
-                max_keep=2048, cuda_graph=False, fold=None)
+                max_keep=2048, cuda_graph=False, fold=None, trajectory_length=None)
 
 
 def level_blocks(flow: Any, block_levels: Sequence[Sequence[int]]) -> list[torch.Tensor]:
@@ -42,7 +42,8 @@ def run_latent_hmc(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samp
                    step_size: float = 0.2, n_leapfrog: int = 10, target_accept: float = 0.8,
                    block_levels: Sequence[Sequence[int]] | None = None, max_keep: int = 2048,
                    generator: torch.Generator | None = None, progress: Progress | None = None,
-                   max_time: float | None = None, cuda_graph: bool = False, fold: Any = None) -> ChainRun:
+                   max_time: float | None = None, cuda_graph: bool = False, fold: Any = None,
+                   trajectory_length: float | None = None) -> ChainRun:
     """HMC on z with U(z), chains started from N(0, I); ``progress`` / ``max_time`` as in ``run_hmc``.
 
     ``block_levels`` e.g. [[3, 4], [0, 1, 2]] cycles through blocks of RG levels (one HMC
@@ -53,10 +54,12 @@ def run_latent_hmc(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samp
     speed and values are measured on a GPU (``tests/test_cuda.py``, ``benchmarks/gpu_cuda_graph.sh``).
     ``fold`` (``neuralrg.sampling.fold``): HMC on the pull-back of the sign-folded p_φ through the
     plain q (one flow pass per gradient instead of q_sym's two); kept states get a random sign and
-    ``log_q`` is the plain q's.
+    ``log_q`` is the plain q's. ``trajectory_length``: ⌈T/ε⌉ leapfrog steps a move instead of
+    ``n_leapfrog`` (``run_hmc``); the settings record the count each block ended with.
     """
     check_settings(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, step_size=step_size,
-                   n_leapfrog=n_leapfrog, target_accept=target_accept, max_keep=max_keep, cuda_graph=cuda_graph)
+                   n_leapfrog=n_leapfrog, target_accept=target_accept, max_keep=max_keep, cuda_graph=cuda_graph,
+                   trajectory_length=trajectory_length)
     blocks = level_blocks(flow, block_levels) if block_levels else None
     z0 = torch.randn((n_chains, flow.L, flow.L), dtype=flow.dtype, device=flow.device, generator=generator)
     with folded(flow, fold, generator) as w_fold, flow.frozen():  # gradients w.r.t. z only
@@ -66,7 +69,7 @@ def run_latent_hmc(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samp
         res = run_hmc(latent_potential(flow, w_fold), z0, n_warmup=n_warmup, n_samples=n_samples,
                       step_size=step_size, n_leapfrog=n_leapfrog, target_accept=target_accept, blocks=blocks,
                       observe=observe, generator=generator, progress=progress, max_time=max_time,
-                      cuda_graph=cuda_graph)
+                      cuda_graph=cuda_graph, trajectory_length=trajectory_length)
         z = torch.cat(kept)[:max_keep]
         x, log_q, energy = latent_outputs(flow, z, generator, signed)
     name = "blocked_latent_hmc" if blocks else "latent_hmc"
@@ -74,6 +77,7 @@ def run_latent_hmc(flow: Any, *, n_chains: int = 64, n_warmup: int = 100, n_samp
                     float(res.mean_accept.mean()), res.sampling_time / res.n_kept,
                     res.warmup_time + res.sampling_time,
                     dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, n_leapfrog=n_leapfrog,
+                         trajectory_length=trajectory_length, leapfrog_per_block=list(res.n_leapfrog),
                          target_accept=target_accept, step_size=[float(s) for s in res.step_size],
                          block_levels=[list(b) for b in block_levels] if blocks else None,
                          accept_per_block=[float(a) for a in res.mean_accept],

@@ -44,13 +44,15 @@ def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100
                            k: int = 2, n_leapfrog: int = 10, step_size: float = 0.1, target_accept: float = 0.8,
                            max_keep: int = 2048, generator: torch.Generator | None = None,
                            progress: Progress | None = None, max_time: float | None = None,
-                           cuda_graph: bool = False, fold: Any = None) -> ChainRun:
+                           cuda_graph: bool = False, fold: Any = None,
+                           trajectory_length: float | None = None) -> ChainRun:
     """Latent HMC with a flow-Metropolis global move before every k trajectories (module
     docstring); ``cuda_graph`` and ``fold`` as in ``run_latent_hmc``. ``ChainRun.accept`` is the global-move
     acceptance rate; settings hold it (``flow_mh_accept``) and the HMC acceptance probability
-    (``hmc_accept``). The flow's parameters are frozen during the run."""
+    (``hmc_accept``). The flow's parameters are frozen during the run. ``trajectory_length`` as in
+    ``run_mh_hmc``."""
     s = dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k, n_leapfrog=n_leapfrog,
-             step_size=step_size, target_accept=target_accept, max_keep=max_keep)
+             step_size=step_size, target_accept=target_accept, max_keep=max_keep, trajectory_length=trajectory_length)
     check_hybrid_settings(s)
     check_settings(cuda_graph=cuda_graph)
     shape = (flow.L, flow.L)
@@ -70,12 +72,13 @@ def run_latent_hmc_flow_mh(flow: Any, *, n_chains: int = 64, n_warmup: int = 100
             pg = cuda_graphed(pg, z0)
         res = run_mh_hmc(z0, pg, latent_log_weight, propose, k=k, n_warmup=n_warmup, n_samples=n_samples,
                          n_leapfrog=n_leapfrog, step_size=step_size, target_accept=target_accept,
-                         observe=observe, generator=generator, progress=progress, max_time=max_time)
+                         observe=observe, generator=generator, progress=progress, max_time=max_time,
+                         trajectory_length=trajectory_length)
         z = torch.cat(kept)[:max_keep]
         x, log_q, energy = latent_outputs(flow, z, generator, signed)
     return res.chain_run("latent_hmc_flow_mh", x, z, log_q, energy, z0,
                          dict(n_chains=n_chains, n_warmup=n_warmup, n_samples=n_samples, k=k,
-                              n_leapfrog=n_leapfrog, target_accept=target_accept,
+                              n_leapfrog=n_leapfrog, trajectory_length=trajectory_length, target_accept=target_accept,
                               fold=None if w_fold is None else w_fold.tolist()))
 
 
