@@ -24,7 +24,7 @@ from neuralrg.physics.target import LatticeTarget  # noqa: E402
 from neuralrg.pipelines.train import build_module, run_training  # noqa: E402
 from neuralrg.sampling.importance import evaluate_flow  # noqa: E402
 from neuralrg.training.chains import ExactIsingData, FlowMCMCChains  # noqa: E402
-from neuralrg.training.losses import LossConfig, WeightSchedule  # noqa: E402
+from neuralrg.training.losses import LossConfig, TemperSchedule, WeightSchedule  # noqa: E402
 from neuralrg.training.module import FIT_DATA_TIME_KEY, FlowModule, NonFiniteLossError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -136,6 +136,30 @@ def test_weight_schedule_and_phase_switch():
     # data_epochs: 2 epochs of 100 samples in batches of 30 -> ceil(200 / 30) = 7 steps
     cfg = LossConfig(name="data", data_samples=100, data_epochs=2, data_batch_size=30)
     assert cfg.objective(6, 64) == "data" and cfg.objective(7, 64) == "reverse_kl"
+
+
+def test_temper_schedule():
+    t = TemperSchedule(initial=0.25, until=0.5)
+    assert [t(s, 100) for s in (0, 25, 50, 99)] == pytest.approx([0.25, 0.625, 1.0, 1.0])
+    assert LossConfig().temper_schedule()(0, 10) == 1.0  # no tempering by default
+
+
+def test_tempered_reverse_kl_is_against_p_to_the_s(tmp_path):
+    """With loss.temper the reverse-KL step's loss is mean[ln q + s·E] of the same batch, s ramping
+    to 1; the free energy it returns (logged as the gap) stays the one against p."""
+    plain = build_module(make_cfg("steps=20", run_dir=tmp_path / "p"))
+    hot = build_module(make_cfg("steps=20", "loss.temper={initial:0.3,until:0.5}", run_dir=tmp_path / "t"))
+    hot.flow.load_state_dict(plain.flow.state_dict())
+    for step, s in ((0, 0.3), (5, 0.65), (10, 1.0)):
+        torch.manual_seed(5)
+        a, f_plain, _, parts, _ = plain.step_loss(step)
+        torch.manual_seed(5)
+        b, f_hot, _, _, extra = hot.step_loss(step)
+        assert extra["temper"] == pytest.approx(s)
+        torch.testing.assert_close(f_hot, f_plain)
+        want = (parts["ln q(x)"] + s * parts["E(x)"]).mean()
+        assert float(b.detach()) == pytest.approx(float(want.detach()), rel=1e-10)
+        assert (float(b.detach()) == pytest.approx(float(a.detach()), rel=1e-12)) == (s == 1.0)
 
 
 # --- the chains leave p invariant ------------------------------------------------------------
@@ -295,6 +319,10 @@ def test_nan_guard_covers_flow_mcmc(tmp_path, monkeypatch):
     (["loss.name=data", "target=ising_glass", "target.L=4"], "loss.name=data.*translation-invariant couplings"),
     (["loss.name=data", "loss.data_epochs=2", "loss.pretrain_steps=5"], "exclude each other"),
     (["loss.name=data", "loss.data_weight=0"], r"loss.data_weight must be a number in \(0.0, 1.0\]"),
+    (["loss.temper={initial:0,until:0.5}"], r"loss.temper.initial must be a number in \(0.0, 1.0\]"),
+    (["loss.temper={initial:0.5,until:1.5}"], r"loss.temper.until must be a number in \(0.0, 1.0\]"),
+    (["loss.temper={initial:0.5,after:3}"], r"unknown loss.temper setting\(s\) \['after'\]"),
+    (["loss.temper=3"], "loss.temper must be null or a mapping"),
 ])
 def test_bad_loss_config_raises_value_error(tmp_path, overrides, words):
     with pytest.raises(ValueError, match=words):

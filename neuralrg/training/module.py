@@ -108,6 +108,7 @@ class FlowModule(pl.LightningModule):
             self.sign_fold = SignFold(self.loss_cfg.sign_fold, flow.L, dtype=flow.dtype, device=flow.device,
                                       gauge=order_gauge_tensor(flow.target))
         self.forward_weight = self.loss_cfg.weight_schedule()
+        self.temper = self.loss_cfg.temper_schedule()
         c = self.loss_cfg
         # a plain object, not a module buffer: DDP must not broadcast rank 0's chains
         self.chains = (FlowMCMCChains(c.n_chains, local_steps=c.local_steps, n_leapfrog=c.n_leapfrog,
@@ -212,12 +213,15 @@ class FlowModule(pl.LightningModule):
         if objective != "reverse_kl":
             return self._forward_kl_step(objective, step)
         log_q, energy, x = self.free_energy_terms(self.batch_size)
-        f = log_q + energy
+        f = log_q + energy  # against p: logged, and the loss unless tempered
+        s = self.temper(step, self.total_steps)
+        loss_f = f if s == 1.0 else log_q + s * energy  # reverse KL against p^s
+        extra = {} if self.loss_cfg.temper is None else {"temper": s}
         if self.sign_fold is None:
-            return f.mean(), f, x, _batch_parts(x, log_q, energy), {}
-        folded = f - self.sign_fold.log_weight(x)  # ln q − ln p_φ up to ln Z
-        extra = {"fold_weight_norm": self.sign_fold.weight.detach().norm()}
-        if self.flow.target.log_z is not None:  # the bound on the Z2 gap, per site
+            return loss_f.mean(), f, x, _batch_parts(x, log_q, energy), extra
+        folded = loss_f - self.sign_fold.log_weight(x)  # ln q − ln p_φ up to ln Z
+        extra["fold_weight_norm"] = self.sign_fold.weight.detach().norm()
+        if self.flow.target.log_z is not None and s == 1.0:  # the bound on the Z2 gap, per site
             extra["fold_bound"] = (folded.detach().mean() + self.flow.target.log_z) / self.flow.n_sites
         return folded.mean(), f, x, _batch_parts(x, log_q, energy), extra
 
