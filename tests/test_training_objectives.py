@@ -323,6 +323,7 @@ def test_nan_guard_covers_flow_mcmc(tmp_path, monkeypatch):
     (["loss.temper={initial:0.5,until:1.5}"], r"loss.temper.until must be a number in \(0.0, 1.0\]"),
     (["loss.temper={initial:0.5,after:3}"], r"unknown loss.temper setting\(s\) \['after'\]"),
     (["loss.temper=3"], "loss.temper must be null or a mapping"),
+    (["loss.temper={initial:0.5}", "loss.name=flow_mcmc"], "loss.temper tempers the reverse-KL steps"),
 ])
 def test_bad_loss_config_raises_value_error(tmp_path, overrides, words):
     with pytest.raises(ValueError, match=words):

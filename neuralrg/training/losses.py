@@ -246,6 +246,9 @@ class LossConfig:
         self.weight_schedule()  # validates
         if self.temper is not None:
             self.temper_schedule()
+            if self.name == "flow_mcmc" or (self.name == "data" and self.after != "reverse_kl"):
+                raise ValueError("loss.temper tempers the reverse-KL steps: it needs loss.name=reverse_kl (or data "
+                                 f"with loss.after=reverse_kl), got loss.name={self.name!r}")
         for name, lo in (("n_chains", 2), ("local_steps", 0), ("n_leapfrog", 1), ("adapt_steps", 0),
                          ("burn_in", 0), ("data_samples", 2), ("data_chains", 1), ("data_sweep_spacing", 1),
                          ("data_warmup_sweeps", 1)):
