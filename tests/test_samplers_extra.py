@@ -183,6 +183,7 @@ def test_hybrid_is_exact(k):
     assert r.sampler == "hybrid" and all(v.shape == (n["n_chains"], n["n_samples"]) for v in r.observables.values())
     summ = summarize_run(r, f.target)
     assert summ["settings"]["flow_mh_accept"] == r.accept and 0.4 < r.accept < 0.9
+    assert summ["settings"]["leapfrog_per_block"] == [4]
     if k:
         assert 0.6 < summ["settings"]["hmc_accept"] < 1 and summ["settings"]["step_size"] != 0.3  # adapted
     else:
@@ -292,7 +293,9 @@ def test_latent_hmc_flow_mh_is_exact(trajectory_length):
                                                            trajectory_length=trajectory_length))
     r = run_sampler("latent_hmc_flow_mh", f, f.target, s, gen(9))
     summ = summarize_run(r, f.target)
-    assert summ["settings"]["trajectory_length"] == trajectory_length
+    st = summ["settings"]
+    assert st["trajectory_length"] == trajectory_length  # the leapfrog count at the frozen step is recorded
+    assert st["leapfrog_per_block"] == [3 if trajectory_length is None else math.ceil(1.0 / st["step_size"] - 1e-9)]
     assert r.sampler == "latent_hmc_flow_mh" and 0.4 < r.accept < 0.9 and 0.6 < summ["settings"]["hmc_accept"] < 1
     assert summ["tau_int"]["energy"]["converged"]
     within(summ, "energy_per_site", EXACT["energy_per_site"], 0.02)

@@ -378,8 +378,11 @@ def _check_step_sizes(step_size, n_blocks: int) -> list[float]:
     return [_check_step_size(step_size)] * n_blocks
 
 
-def n_leapfrog_for(trajectory_length: float, step_size: float) -> int:
-    """Leapfrog steps for a trajectory of length T at step ε: ⌈T/ε⌉ (at least 1)."""
+def n_leapfrog_for(trajectory_length: float | None, step_size: float, n_leapfrog: int = 10) -> int:
+    """Leapfrog steps a move takes at step ε: ⌈T/ε⌉ (at least 1) for a trajectory length T,
+    ``n_leapfrog`` when T is None (the one rule of every HMC sampler here)."""
+    if trajectory_length is None:
+        return n_leapfrog
     return max(1, math.ceil(trajectory_length / step_size - 1e-9))
 
 
@@ -442,9 +445,6 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     if cuda_graph:
         pg = cuda_graphed(pg, x0)
 
-    def nsteps(eps: float) -> int:
-        return n_leapfrog if trajectory_length is None else n_leapfrog_for(trajectory_length, eps)
-
     prog = progress if progress is not None else NULL_PROGRESS
     deadline = Deadline(max_time)
     x = x0.detach().clone()
@@ -465,7 +465,7 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
         prog.start("warm-up", n_warmup)
     for it in range(n_warmup):
         for b, mask in enumerate(masks):
-            n = nsteps(steps[b])
+            n = n_leapfrog_for(trajectory_length, steps[b], n_leapfrog)
             x, U, grad, a, _ = _hmc_step(x, U, grad, pg, steps[b], n, mask, generator)
             n_grad += n
             warm_acc[it, b] = a.mean()
@@ -478,7 +478,7 @@ def run_hmc(potential: PotentialFn | None, x0: Tensor, *, n_warmup: int, n_sampl
     if n_warmup:
         prog.finish(f"step size {steps[0]:.4g}")
     n_grad_warmup = n_grad
-    n_lf = [nsteps(e) for e in steps]
+    n_lf = [n_leapfrog_for(trajectory_length, e, n_leapfrog) for e in steps]
     _sync(x)
     t_warm = time.perf_counter()
 

@@ -53,7 +53,8 @@ class MHHMCResult:
     """Output of ``run_mh_hmc``: observables name -> (C, T); mh_accept (C,) acceptance rate of
     the global moves after warm-up; hmc_accept: mean HMC acceptance probability after warm-up
     (nan for k = 0); step_size: the frozen HMC step size; times in wall seconds; x_final (C, ...);
-    n_kept: recorded steps T (< n_samples when ``partial``: stopped by ``max_time``)."""
+    n_kept: recorded steps T (< n_samples when ``partial``: stopped by ``max_time``); n_leapfrog:
+    leapfrog steps a trajectory after warm-up (``n_leapfrog_for`` at the frozen step size)."""
 
     observables: dict[str, Tensor]
     mh_accept: Tensor
@@ -64,16 +65,19 @@ class MHHMCResult:
     x_final: Tensor
     n_kept: int = 0
     partial: bool = False
+    n_leapfrog: int = 0
 
     def chain_run(self, name: str, x: Tensor, z: Tensor | None, log_q: Tensor | None, energy: Tensor,
                   start: Tensor, settings: dict[str, Any]) -> ChainRun:
         """The ``ChainRun`` of this run: acceptance = the global moves' rate; ``settings`` gain
-        step_size, flow_mh_accept and hmc_accept."""
+        step_size, flow_mh_accept, hmc_accept and leapfrog_per_block ([n_leapfrog]: one block, the
+        key the HMC samplers use)."""
         mh = float(self.mh_accept.mean())
         return ChainRun(name, self.observables, x, z, log_q, energy, mh, self.sampling_time / self.n_kept,
                         self.warmup_time + self.sampling_time,
                         {**settings, "step_size": self.step_size, "flow_mh_accept": mh,
-                         "hmc_accept": self.hmc_accept}, start=start, partial=self.partial)
+                         "hmc_accept": self.hmc_accept, "leapfrog_per_block": [self.n_leapfrog]},
+                        start=start, partial=self.partial)
 
 
 def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]],
@@ -133,7 +137,7 @@ def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, 
         if step >= n_warmup:
             n_mh += acc
         for _ in range(k):
-            n = n_leapfrog if trajectory_length is None else n_leapfrog_for(trajectory_length, eps)
+            n = n_leapfrog_for(trajectory_length, eps, n_leapfrog)
             x, U, grad, a, _ = hmc_step(x, U, grad, potential_and_grad, eps, n, generator=generator)
             if step < n_warmup:
                 eps = dual.adapt(a)
@@ -165,7 +169,8 @@ def run_mh_hmc(x0: Tensor, potential_and_grad: Callable[[Tensor], tuple[Tensor, 
                 else f"flow-MH acceptance {float(n_mh.to(torch.float64).mean()) / n_samples:.3f}")
     return MHHMCResult(obs, n_mh.to(torch.float64) / n_kept,
                        float(hmc_acc_sum) / (k * n_kept) if k > 0 else float("nan"), eps,
-                       t_warm - t_start, t_end - t_warm, x, n_kept=n_kept, partial=partial)
+                       t_warm - t_start, t_end - t_warm, x, n_kept=n_kept, partial=partial,
+                       n_leapfrog=n_leapfrog_for(trajectory_length, eps, n_leapfrog))
 
 
 def run_hybrid(flow: Any, target: LatticeTarget | None = None, *, n_chains: int = 64, n_warmup: int = 100,
