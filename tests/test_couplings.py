@@ -437,10 +437,11 @@ def test_parallel_tempering_from_a_flow_and_with_a_time_budget():
 
 def test_exact_data_for_the_antiferromagnet_is_exact():
     """loss.name=data on an even-L antiferromagnet: Wolff through the gauge, x | s ~ N(A s, A)."""
-    from neuralrg.training.chains import ExactIsingData
+    from neuralrg.training.chains import TrainingData
 
     target = IsingTarget(4, -0.5)
-    data = ExactIsingData(target, 4096, n_chains=64, sweep_spacing=2, warmup_sweeps=20, seed=1)
+    data = TrainingData(target, 4096, n_chains=64, sweep_spacing=2, warmup_sweeps=20, seed=1)
+    assert data.source == "wolff"
     e = target.observables(data.x)["energy"]
     exact = target.exact()["energy_per_site"]
     assert exact > 0  # antiferromagnetic order at K = −0.5: H/N = −Σ s s/N > 0

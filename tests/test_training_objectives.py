@@ -23,7 +23,7 @@ from neuralrg.physics.ising import IsingTarget  # noqa: E402
 from neuralrg.physics.target import LatticeTarget  # noqa: E402
 from neuralrg.pipelines.train import build_module, run_training  # noqa: E402
 from neuralrg.sampling.importance import evaluate_flow  # noqa: E402
-from neuralrg.training.chains import ExactIsingData, FlowMCMCChains  # noqa: E402
+from neuralrg.training.chains import FlowMCMCChains, TrainingData  # noqa: E402
 from neuralrg.training.losses import LossConfig, TemperSchedule, WeightSchedule  # noqa: E402
 from neuralrg.training.module import FIT_DATA_TIME_KEY, FlowModule, NonFiniteLossError  # noqa: E402
 
@@ -200,15 +200,38 @@ def test_chains_sample_p_from_a_wrong_flow(z2, local_steps, sigma, scale):
 
 def test_exact_ising_data():
     target = IsingTarget(4, KC)
-    data = ExactIsingData(target, 100, n_chains=8, sweep_spacing=2, warmup_sweeps=5, seed=0)
-    assert data.x.shape == (100, 4, 4) and data.x.dtype == torch.float64
-    assert data.generation_s > 0 and data.info["n_chains"] == 8
+    data = TrainingData(target, 100, n_chains=8, sweep_spacing=2, warmup_sweeps=5, seed=0)
+    assert data.x.shape == (100, 4, 4) and data.x.dtype == torch.float64 and data.source == "wolff"
+    assert data.generation_s > 0 and data.info["n_chains"] == 8 and data.warning is None
     assert len({tuple(r.flatten().tolist()) for r in data.x}) == 100
     seen = torch.cat([data.batch(30, torch.device("cpu"), torch.float32) for _ in range(3)])
     assert seen.dtype == torch.float32 and data.epoch == 0
     assert len({tuple(r.flatten().tolist()) for r in seen}) == 90  # no repeats within an epoch
     data.batch(30, torch.device("cpu"), torch.float32)
     assert data.epoch == 1
+
+
+def test_parallel_tempering_data_for_a_glass_match_the_transfer_matrix():
+    """data_source auto on a ±J glass (no Wolff): the T = 1 replica's states of parallel tempering,
+    one every sweep_spacing steps; their energy and m² agree with the transfer matrix, and the
+    diagnostics pass. A warm-up far shorter than 20 τ_int is flagged."""
+    target = IsingTarget(4, 1.0, disorder="pm_j", seed=3)
+    data = TrainingData(target, 2048, n_chains=64, sweep_spacing=6, warmup_sweeps=200, seed=0)
+    assert data.source == "parallel_tempering" and data.x.shape == (2048, 4, 4) and data.x.dtype == torch.float64
+    assert data.info["tau_converged"] and data.info["equilibrated"] and data.warning is None
+    assert len(data.info["swap_accept"]) == 7 and data.info["temperatures"][0] == 1.0
+    assert len({tuple(r.flatten().tolist()) for r in data.x}) == 2048
+    exact = target.exact()
+    obs = target.observables(data.x)
+    for name in ("energy", "m2"):
+        v = obs[name].to(torch.float64)
+        # the samples are ~independent (6 steps > 2 τ_int(E)); widen by 2 for the residual correlation
+        err = 2 * float(v.std()) / math.sqrt(v.numel())
+        assert abs(float(v.mean()) - exact[f"{name}_per_site" if name == "energy" else name]) < 4 * err, name
+    same = TrainingData(target, 2048, n_chains=64, sweep_spacing=6, warmup_sweeps=200, seed=0)
+    assert torch.equal(same.x, data.x)  # seeded
+    short = TrainingData(target, 256, n_chains=64, sweep_spacing=1, warmup_sweeps=2, seed=1)
+    assert short.warning is not None and "raise loss.data_warmup_sweeps" in short.warning
 
 
 # --- training through hydra ----------------------------------------------------------------------
@@ -274,6 +297,19 @@ def test_data_training_improves_gap_then_switches(tmp_path):
     assert cap.steps[59]["train/forward_weight"] == 1.0 and cap.steps[60]["train/forward_weight"] == 0.5
 
 
+def test_data_training_on_a_glass_draws_parallel_tempering_data(tmp_path):
+    """loss.name=data on a ±J glass: auto picks parallel tempering, the run trains and logs the
+    data's τ_int(E); the flow moves toward p (its gap falls)."""
+    before, s, cap = _train(tmp_path, "glass", "steps=60", "target=ising_glass", "target.L=4",
+                            "loss.name=data", "loss.data_samples=512", "loss.data_chains=32",
+                            "loss.data_sweep_spacing=4", "loss.data_warmup_sweeps=100", "loss.data_weight=0.5",
+                            "loss.data_settings={n_temperatures:4,t_max:3.0}")
+    assert s["status"] == "completed" and s["gap_per_site"] < before["gap_per_site"]
+    data = cap.module.data
+    assert data.source == "parallel_tempering" and len(data.info["temperatures"]) == 4
+    assert cap.steps[0]["train/data_tau_int_energy"] == pytest.approx(data.info["tau_int_energy"])
+
+
 def test_data_weight_mixes_reverse_kl_into_the_data_phase(tmp_path):
     before, s, cap = _train(tmp_path, "mixed", "steps=100", "loss.name=data", "loss.data_samples=1024",
                             "loss.data_chains=32", "loss.data_weight=0.25")
@@ -315,8 +351,16 @@ def test_nan_guard_covers_flow_mcmc(tmp_path, monkeypatch):
     (["loss.schedule.name=linear", "loss.schedule.start=10", "loss.schedule.end=5"], "end > start"),
     (["+loss.n_chain=8"], r"unknown loss setting\(s\) \['n_chain'\]"),
     (["loss.name=data", "loss.after=data"], "loss.after"),
-    (["loss.name=data", "target=phi4", "target.L=4"], "loss.name=data.*not a Phi4Target"),
-    (["loss.name=data", "target=ising_glass", "target.L=4"], "loss.name=data.*translation-invariant couplings"),
+    (["loss.name=data", "loss.data_source=wolff", "target=phi4", "target.L=4"],
+     "loss.data_source=wolff.*not a Phi4Target.*loss.data_source=parallel_tempering"),
+    (["loss.name=data", "loss.data_source=wolff", "target=ising_glass", "target.L=4"],
+     "loss.data_source=wolff.*translation-invariant couplings"),
+    (["loss.name=data", "loss.data_source=exact"], "loss.data_source must be one of"),
+    (["loss.name=data", "loss.data_settings=3"], "loss.data_settings must be null or a mapping"),
+    (["loss.name=data", "loss.data_settings={t_max:4}"], "loss.data_settings .* set parallel tempering's sampler"),
+    (["loss.name=data", "target=ising_glass", "target.L=4", "loss.data_settings={n_temps:4}"],
+     r"unknown loss.data_settings key\(s\) \['n_temps'\]"),
+    (["loss.name=data", "target=ising_glass", "target.L=4", "loss.data_settings={t_max:0.5}"], "t_max"),
     (["loss.name=data", "loss.data_epochs=2", "loss.pretrain_steps=5"], "exclude each other"),
     (["loss.name=data", "loss.data_weight=0"], r"loss.data_weight must be a number in \(0.0, 1.0\]"),
     (["loss.temper={initial:0,until:0.5}"], r"loss.temper.initial must be a number in \(0.0, 1.0\]"),

@@ -20,23 +20,33 @@ on use), is not broadcast by DDP (each rank keeps its own chains, seeded from it
 stream) and is not written to checkpoints (a resumed run re-initialises its chains from the flow
 with ``burn_in`` updates).
 
-``ExactIsingData``: exact samples of the Ising relaxation, from Wolff cluster chains
-(``wolff_target_chains``, recorded every ``sweep_spacing`` sweeps, ≈ 2τ_int at K_c) turned into x
-by x | s ~ N(A s, A) (``exact_x_from_spins``). Only unfrustrated, translation-invariant
-``IsingTarget``s have this source (``check_data_source``).
+``TrainingData``: samples of p generated once before the data phase, from one of two sources
+(``resolve_data_source``):
+
+* ``wolff``: exact samples of the Ising relaxation, from Wolff cluster chains
+  (``wolff_target_chains``, recorded every ``sweep_spacing`` sweeps, ≈ 2τ_int at K_c) turned into x
+  by x | s ~ N(A s, A) (``exact_x_from_spins``). Only unfrustrated, translation-invariant
+  ``IsingTarget``s have it.
+* ``parallel_tempering``: chain states of the T = 1 replica of the package's parallel tempering
+  (``run_parallel_tempering`` without a flow; any ``LatticeTarget``: glasses, frustrated couplings,
+  φ⁴), one kept every ``sweep_spacing`` PT steps after ``warmup_sweeps`` warm-up steps. These are
+  correlated samples, not exact ones: ``info`` records τ_int of the energy and whether the warm-up
+  covered ``WARMUP_TAUS`` of it (``equilibrated``), and ``warning`` says so when it did not.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..physics.target import LatticeTarget
 from ..sampling.hmc import DualAveraging, hmc_step
 from ..sampling.metropolis import independence_metropolis
 
-__all__ = ["FlowMCMCChains", "ExactIsingData", "check_data_source"]
+__all__ = ["FlowMCMCChains", "TrainingData", "DATA_SOURCES", "resolve_data_source"]
 
 
 class FlowMCMCChains:
@@ -147,44 +157,106 @@ class FlowMCMCChains:
         return self.mh_accepted_total / self.mh_proposed_total if self.mh_proposed_total else float("nan")
 
 
-def check_data_source(target: LatticeTarget) -> None:
-    """Raise ``ValueError`` unless exact samples of ``target`` can be generated: Wolff chains,
-    i.e. the Ising relaxation with translation-invariant, unfrustrated couplings
-    (``wolff_unsupported_reason``)."""
+DATA_SOURCES = ("auto", "wolff", "parallel_tempering")
+PT_DATA_KEYS = ("n_temperatures", "t_max", "n_leapfrog", "step_size", "target_accept")
+
+
+def resolve_data_source(target: LatticeTarget, source: str = "auto",
+                        settings: dict[str, Any] | None = None) -> str:
+    """The data source ``loss.data_source`` names for ``target``: ``auto`` is ``wolff`` where Wolff
+    applies (``wolff_unsupported_reason``), else ``parallel_tempering``. ``settings``
+    (``loss.data_settings``) are parallel tempering's sampler keys (``PT_DATA_KEYS``), checked here.
+    ValueError naming the key for an unknown source, Wolff where it does not apply, or bad settings."""
     from ..physics.wolff import wolff_unsupported_reason
+    from ..sampling.samplers.parallel_tempering import DEFAULTS, check_pt_settings
 
+    if source not in DATA_SOURCES:
+        raise ValueError(f"loss.data_source must be one of {DATA_SOURCES}, got {source!r}")
     why = wolff_unsupported_reason(target)
-    if why is not None:
-        raise ValueError(f"loss.name=data draws exact samples with Wolff cluster updates, which do not apply "
-                         f"here: {why}; use loss.name=reverse_kl or flow_mcmc")
+    if source == "auto":
+        source = "wolff" if why is None else "parallel_tempering"
+    if source == "wolff" and why is not None:
+        raise ValueError(f"loss.name=data with loss.data_source=wolff draws exact samples with Wolff cluster "
+                         f"updates, which do not apply here: {why}; use loss.data_source=parallel_tempering "
+                         f"(or auto), or loss.name=reverse_kl / flow_mcmc")
+    settings = dict(settings or {})
+    if settings and source != "parallel_tempering":
+        raise ValueError(f"loss.data_settings {sorted(settings)} set parallel tempering's sampler; the data source "
+                         f"here is {source!r}")
+    unknown = sorted(set(settings) - set(PT_DATA_KEYS))
+    if unknown:
+        raise ValueError(f"unknown loss.data_settings key(s) {unknown}; known: {list(PT_DATA_KEYS)}")
+    check_pt_settings({**DEFAULTS, **settings})
+    return source
 
 
-class ExactIsingData:
-    """Exact x samples of an ``IsingTarget`` Wolff applies to, generated once, served as minibatches.
+class TrainingData:
+    """Samples x of ``target`` for the data phase, generated once, served as minibatches.
 
-    ``n_samples`` configurations from ``min(n_chains, n_samples)`` Wolff chains after
-    ``warmup_sweeps`` warm-up sweeps, recorded every ``sweep_spacing`` sweeps, each turned into
-    x by x | s ~ N(A s, A). Stored float64 on the CPU; ``batch`` returns them on the requested
-    device/dtype (cached), shuffled once per epoch (a remainder smaller than a batch is skipped).
+    ``n_samples`` configurations from ``min(n_chains, n_samples)`` chains of ``source`` (module
+    docstring; ``auto`` as in ``resolve_data_source``) after ``warmup_sweeps`` warm-up sweeps (PT
+    steps), recorded every ``sweep_spacing`` sweeps (steps). ``settings``: parallel tempering's
+    sampler keys. Stored float64 on the CPU; ``batch`` returns them on the requested device/dtype
+    (cached), shuffled once per epoch (a remainder smaller than a batch is skipped). ``info``
+    describes the generation; ``warning`` is a sentence when the chains' own diagnostics say the
+    samples may not represent p (else None).
     """
 
-    def __init__(self, target: LatticeTarget, n_samples: int, *, n_chains: int = 64, sweep_spacing: int = 2,
-                 warmup_sweeps: int = 20, seed: int | list[int] = 0) -> None:
-        check_data_source(target)
-        from ..physics.wolff import exact_x_samples
-
+    def __init__(self, target: LatticeTarget, n_samples: int, *, source: str = "auto", n_chains: int = 64,
+                 sweep_spacing: int = 2, warmup_sweeps: int = 20, seed: int | list[int] = 0,
+                 settings: dict[str, Any] | None = None) -> None:
+        self.source = resolve_data_source(target, source, settings)
         self.n_samples = int(n_samples)
         C = min(int(n_chains), self.n_samples)
+        self.warning: str | None = None
         t0 = time.perf_counter()
-        self.x, res = exact_x_samples(target, self.n_samples, n_chains=C, sweep_spacing=sweep_spacing,
-                                      warmup_sweeps=warmup_sweeps, seed=seed)
+        self.info: dict[str, Any] = {"source": self.source, "n_samples": self.n_samples, "n_chains": C,
+                                     "sweep_spacing": int(sweep_spacing), "warmup_sweeps": int(warmup_sweeps)}
+        if self.source == "wolff":
+            from ..physics.wolff import exact_x_samples
+
+            self.x, res = exact_x_samples(target, self.n_samples, n_chains=C, sweep_spacing=sweep_spacing,
+                                          warmup_sweeps=warmup_sweeps, seed=seed)
+            self.info["clusters_per_sweep"] = res.clusters_per_sweep
+        else:
+            self.x = self._parallel_tempering(target, C, int(sweep_spacing), int(warmup_sweeps), seed,
+                                              dict(settings or {}))
         self.generation_s = time.perf_counter() - t0
-        self.info = {"n_samples": self.n_samples, "n_chains": C, "sweep_spacing": int(sweep_spacing),
-                     "clusters_per_sweep": res.clusters_per_sweep, "generation_s": self.generation_s}
+        self.info["generation_s"] = self.generation_s
         self._order: torch.Tensor | None = None
         self._pos = 0
         self.epoch = 0
         self._cache: tuple[torch.device, torch.dtype, torch.Tensor] | None = None
+
+    def _parallel_tempering(self, target: LatticeTarget, C: int, spacing: int, warmup: int,
+                            seed: int | list[int], settings: dict[str, Any]) -> torch.Tensor:
+        from ..sampling.chains import WARMUP_TAUS, summarize_run
+        from ..sampling.samplers.parallel_tempering import run_parallel_tempering
+
+        T = math.ceil(self.n_samples / C)
+        state = np.random.SeedSequence(seed).generate_state(2)
+        gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        run = run_parallel_tempering(None, target, n_chains=C, n_warmup=warmup, n_samples=T * spacing,
+                                     max_keep=T * C, generator=gen, dtype=torch.float64,
+                                     device=torch.device("cpu"), **settings)
+        summ = summarize_run(run, target)
+        tau = summ["tau_int"]["energy"]
+        self.info.update(tau_int_energy=float(tau["trajectories"]), tau_converged=bool(tau["converged"]),
+                         equilibrated=bool(summ["equilibrated"]), swap_accept=run.settings["swap_accept"],
+                         temperatures=run.settings["temperatures"])
+        problems = []
+        if not tau["converged"]:
+            problems.append(f"the τ_int(E) window did not converge (τ_int > {tau['trajectories']:.3g} steps)")
+        elif not summ["equilibrated"]:
+            problems.append(f"the warm-up ({warmup} steps) is shorter than {WARMUP_TAUS:g} τ_int(E) = "
+                            f"{WARMUP_TAUS * tau['trajectories']:.0f} steps")
+        if spacing < 2 * tau["trajectories"]:
+            problems.append(f"samples are {spacing} steps apart, less than 2 τ_int(E) = "
+                            f"{2 * tau['trajectories']:.0f} steps")
+        if problems:
+            self.warning = ("parallel-tempering training data may not represent p: " + "; ".join(problems)
+                            + " (raise loss.data_warmup_sweeps / loss.data_sweep_spacing)")
+        return run.x[: self.n_samples].detach().to("cpu", torch.float64).clone()
 
     def on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """All samples (M, L, L) on ``device`` in ``dtype`` (one copy cached)."""

@@ -5,8 +5,9 @@
   (1 − w)·reverse KL + w·forward KL, the forward KL being −mean ln q(x) over the states of
   persistent chains on p (``neuralrg.training.chains.FlowMCMCChains``), mode covering;
   w follows a ``WeightSchedule``;
-* ``data``: maximum likelihood −mean ln q(x) on exact samples of p (``ExactIsingData``: Ising
-  relaxation only), for ``pretrain_steps`` steps, then ``after`` (reverse_kl or flow_mcmc) takes
+* ``data``: maximum likelihood −mean ln q(x) on samples of p (``TrainingData``: exact Wolff
+  samples of the Ising relaxation where Wolff applies, else, or with ``data_source:
+  parallel_tempering``, chain states of parallel tempering), for ``pretrain_steps`` steps, then ``after`` (reverse_kl or flow_mcmc) takes
   over (``pretrain_steps: null``: data for the whole run); ``data_weight`` w < 1 mixes the
   reverse KL into the data phase: (1 − w)·reverse KL + w·forward KL on the data.
 
@@ -221,6 +222,8 @@ class LossConfig:
     data_epochs: float | None = None
     pretrain_steps: int | None = None
     data_weight: float = 1.0
+    data_source: str = "auto"
+    data_settings: dict[str, Any] | None = None
     after: str = "reverse_kl"
     # reverse KL against the sign-folded target (Z2-symmetric targets)
     sign_fold: str | None = None
@@ -237,6 +240,13 @@ class LossConfig:
                 raise ValueError(f"loss.sign_fold folds the reverse KL: it needs loss.name=reverse_kl, "
                                  f"got {self.name!r} (add loss.sign_fold=null; the ising8_critical, demo and "
                                  f"ising16_critical presets set loss.sign_fold=uniform)")
+        from .chains import DATA_SOURCES
+
+        if self.data_source not in DATA_SOURCES:
+            raise ValueError(f"loss.data_source must be one of {DATA_SOURCES}, got {self.data_source!r}")
+        if self.data_settings is not None and not isinstance(self.data_settings, dict):
+            raise ValueError(f"loss.data_settings must be null or a mapping of parallel tempering's settings, "
+                             f"got {self.data_settings!r}")
         if self.after not in AFTER_NAMES:
             raise ValueError(f"loss.after must be one of {AFTER_NAMES}, got {self.after!r}")
         _check_float(self.forward_weight, "forward_weight", 0.0, 1.0)

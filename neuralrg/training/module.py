@@ -28,7 +28,7 @@ from ..checkpoint import META_KEY, flow_metadata
 from ..sampling.importance import evaluate_flow
 from ..flows.model import NeuralRGFlow
 from ..physics.fold import order_gauge_tensor
-from .chains import ExactIsingData, FlowMCMCChains, check_data_source
+from .chains import FlowMCMCChains, TrainingData, resolve_data_source
 from .losses import LossConfig, SignFold, forward_gap, forward_kl, mixed_loss
 from .schedule import build_scheduler
 
@@ -97,7 +97,7 @@ class FlowModule(pl.LightningModule):
         self.seed = int(seed)
         self.loss_cfg = LossConfig.from_dict(loss)
         if self.loss_cfg.name == "data":
-            check_data_source(flow.target)
+            resolve_data_source(flow.target, self.loss_cfg.data_source, self.loss_cfg.data_settings)
         self.sign_fold: SignFold | None = None
         if self.loss_cfg.sign_fold is not None:
             if not flow.target.z2_symmetric:
@@ -115,7 +115,7 @@ class FlowModule(pl.LightningModule):
                                       step_size=c.step_size, target_accept=c.target_accept,
                                       adapt_steps=c.adapt_steps, burn_in=c.burn_in)
                        if c.uses_chains else None)
-        self.data: ExactIsingData | None = None
+        self.data: TrainingData | None = None
         self.data_generation_s: float | None = None
         self._data_time_logged = False
         self.automatic_optimization = False
@@ -138,15 +138,18 @@ class FlowModule(pl.LightningModule):
         if self.loss_cfg.objective(self.global_step, self.batch_size) == "data":
             self._ensure_data()
 
-    def _ensure_data(self) -> ExactIsingData:
-        """Generate the exact data set (once, before the first data step; each rank its own
-        seed) and record its wall time."""
+    def _ensure_data(self) -> TrainingData:
+        """Generate the data set (once, before the first data step; each rank its own seed),
+        record its wall time, and warn when its chains' diagnostics doubt it."""
         if self.data is None:
             c = self.loss_cfg
-            self.data = ExactIsingData(self.flow.target, c.data_samples, n_chains=c.data_chains,
-                                       sweep_spacing=c.data_sweep_spacing, warmup_sweeps=c.data_warmup_sweeps,
-                                       seed=[self.seed, self.global_rank, 7])
+            self.data = TrainingData(self.flow.target, c.data_samples, source=c.data_source,
+                                     n_chains=c.data_chains, sweep_spacing=c.data_sweep_spacing,
+                                     warmup_sweeps=c.data_warmup_sweeps, seed=[self.seed, self.global_rank, 7],
+                                     settings=c.data_settings)
             self.data_generation_s = self.data.generation_s
+            if self.data.warning is not None:
+                warnings.warn(self.data.warning, stacklevel=2)
         return self.data
 
     def _reseed(self) -> None:
@@ -303,6 +306,8 @@ class FlowModule(pl.LightningModule):
             extra["data_epoch"] = float(data.epoch)
             if not self._data_time_logged:
                 extra["data_generation_s"] = float(self.data_generation_s)
+                if "tau_int_energy" in data.info:  # chain data: how correlated they were
+                    extra["data_tau_int_energy"] = data.info["tau_int_energy"]
                 self._data_time_logged = True
         else:
             chains = self.chains
