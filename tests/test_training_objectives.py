@@ -214,11 +214,13 @@ def test_exact_ising_data():
 def test_parallel_tempering_data_for_a_glass_match_the_transfer_matrix():
     """data_source auto on a ±J glass (no Wolff): the T = 1 replica's states of parallel tempering,
     one every sweep_spacing steps; their energy and m² agree with the transfer matrix, and the
-    diagnostics pass. A warm-up far shorter than 20 τ_int is flagged."""
+    diagnostics pass (spacing > 2 τ_int: every sample counts). A warm-up far shorter than 20 τ_int
+    is flagged."""
     target = IsingTarget(4, 1.0, disorder="pm_j", seed=3)
     data = TrainingData(target, 2048, n_chains=64, sweep_spacing=6, warmup_sweeps=200, seed=0)
     assert data.source == "parallel_tempering" and data.x.shape == (2048, 4, 4) and data.x.dtype == torch.float64
     assert data.info["tau_converged"] and data.info["equilibrated"] and data.warning is None
+    assert set(data.info["tau_int"]) >= {"energy", "m2"} and data.info["effective_samples"] == 2048
     assert len(data.info["swap_accept"]) == 7 and data.info["temperatures"][0] == 1.0
     assert len({tuple(r.flatten().tolist()) for r in data.x}) == 2048
     exact = target.exact()
@@ -232,6 +234,7 @@ def test_parallel_tempering_data_for_a_glass_match_the_transfer_matrix():
     assert torch.equal(same.x, data.x)  # seeded
     short = TrainingData(target, 256, n_chains=64, sweep_spacing=1, warmup_sweeps=2, seed=1)
     assert short.warning is not None and "raise loss.data_warmup_sweeps" in short.warning
+    assert short.info["effective_samples"] < 256
 
 
 # --- training through hydra ----------------------------------------------------------------------
@@ -299,15 +302,16 @@ def test_data_training_improves_gap_then_switches(tmp_path):
 
 def test_data_training_on_a_glass_draws_parallel_tempering_data(tmp_path):
     """loss.name=data on a ±J glass: auto picks parallel tempering, the run trains and logs the
-    data's τ_int(E); the flow moves toward p (its gap falls)."""
+    data's effective sample count; the flow moves toward p (its gap falls)."""
     before, s, cap = _train(tmp_path, "glass", "steps=60", "target=ising_glass", "target.L=4",
-                            "loss.name=data", "loss.data_samples=512", "loss.data_chains=32",
-                            "loss.data_sweep_spacing=4", "loss.data_warmup_sweeps=100", "loss.data_weight=0.5",
+                            "loss.name=data", "loss.data_samples=1024", "loss.data_chains=32",
+                            "loss.data_sweep_spacing=10", "loss.data_warmup_sweeps=300", "loss.data_weight=0.5",
                             "loss.data_settings={n_temperatures:4,t_max:3.0}")
     assert s["status"] == "completed" and s["gap_per_site"] < before["gap_per_site"]
     data = cap.module.data
     assert data.source == "parallel_tempering" and len(data.info["temperatures"]) == 4
-    assert cap.steps[0]["train/data_tau_int_energy"] == pytest.approx(data.info["tau_int_energy"])
+    assert cap.steps[0]["train/data_effective_samples"] == pytest.approx(data.info["effective_samples"])
+    assert 0 < data.info["effective_samples"] <= 1024 and data.warning is None
 
 
 def test_data_weight_mixes_reverse_kl_into_the_data_phase(tmp_path):

@@ -30,8 +30,10 @@ with ``burn_in`` updates).
 * ``parallel_tempering``: chain states of the T = 1 replica of the package's parallel tempering
   (``run_parallel_tempering`` without a flow; any ``LatticeTarget``: glasses, frustrated couplings,
   φ⁴), one kept every ``sweep_spacing`` PT steps after ``warmup_sweeps`` warm-up steps. These are
-  correlated samples, not exact ones: ``info`` records τ_int of the energy and whether the warm-up
-  covered ``WARMUP_TAUS`` of it (``equilibrated``), and ``warning`` says so when it did not.
+  correlated samples, not exact ones: ``info`` records τ_int of E and m² (in PT steps), the
+  effective sample count n·min(1, spacing/2τ_max) and whether the warm-up covered ``WARMUP_TAUS``
+  τ_max (``equilibrated``); ``warning`` says so when a τ_int window did not converge or the warm-up
+  was short.
 """
 from __future__ import annotations
 
@@ -240,22 +242,20 @@ class TrainingData:
                                      max_keep=T * C, generator=gen, dtype=torch.float64,
                                      device=torch.device("cpu"), **settings)
         summ = summarize_run(run, target)
-        tau = summ["tau_int"]["energy"]
-        self.info.update(tau_int_energy=float(tau["trajectories"]), tau_converged=bool(tau["converged"]),
+        taus = {k: float(v["trajectories"]) for k, v in summ["tau_int"].items()}
+        slow = max(taus, key=taus.get)
+        self.info.update(tau_int=taus, tau_converged=all(v["converged"] for v in summ["tau_int"].values()),
                          equilibrated=bool(summ["equilibrated"]), swap_accept=run.settings["swap_accept"],
-                         temperatures=run.settings["temperatures"])
-        problems = []
-        if not tau["converged"]:
-            problems.append(f"the τ_int(E) window did not converge (τ_int > {tau['trajectories']:.3g} steps)")
-        elif not summ["equilibrated"]:
-            problems.append(f"the warm-up ({warmup} steps) is shorter than {WARMUP_TAUS:g} τ_int(E) = "
-                            f"{WARMUP_TAUS * tau['trajectories']:.0f} steps")
-        if spacing < 2 * tau["trajectories"]:
-            problems.append(f"samples are {spacing} steps apart, less than 2 τ_int(E) = "
-                            f"{2 * tau['trajectories']:.0f} steps")
+                         temperatures=run.settings["temperatures"],
+                         effective_samples=self.n_samples * min(1.0, spacing / (2 * taus[slow])))
+        problems = [f"the τ_int({k}) window did not converge (τ_int > {v['trajectories']:.3g} steps)"
+                    for k, v in summ["tau_int"].items() if not v["converged"]]
+        if not problems and not summ["equilibrated"]:
+            problems.append(f"the warm-up ({warmup} steps) is shorter than {WARMUP_TAUS:g} τ_int({slow}) = "
+                            f"{WARMUP_TAUS * taus[slow]:.0f} steps")
         if problems:
             self.warning = ("parallel-tempering training data may not represent p: " + "; ".join(problems)
-                            + " (raise loss.data_warmup_sweeps / loss.data_sweep_spacing)")
+                            + " (raise loss.data_warmup_sweeps, or loss.data_settings.n_temperatures)")
         return run.x[: self.n_samples].detach().to("cpu", torch.float64).clone()
 
     def on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

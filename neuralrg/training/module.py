@@ -306,8 +306,8 @@ class FlowModule(pl.LightningModule):
             extra["data_epoch"] = float(data.epoch)
             if not self._data_time_logged:
                 extra["data_generation_s"] = float(self.data_generation_s)
-                if "tau_int_energy" in data.info:  # chain data: how correlated they were
-                    extra["data_tau_int_energy"] = data.info["tau_int_energy"]
+                if "effective_samples" in data.info:  # chain data: how correlated they were
+                    extra["data_effective_samples"] = data.info["effective_samples"]
                 self._data_time_logged = True
         else:
             chains = self.chains
