@@ -8,7 +8,7 @@
 Cases:
 
 * ``glass``: ±J Edwards-Anderson glass (``IsingTarget(L, K, disorder="pm_j", seed=s)``, as
-  ``experiment=glass_L8``) for every ``--L`` (default 8 and 12), ``--K`` (β; default 0.5, where
+  ``experiment=glass_L8``; ``--disorder gaussian``: J ~ N(0, 1)) for every ``--L`` (default 8 and 12), ``--K`` (β; default 0.5, where
   parallel tempering is still easy, and 1.0) and bond ``--seeds`` (default 0 1 2). Exact ln Z, e
   from the row transfer matrix (``IsingTarget.exact()``; ~40 s at L = 12 on one core), counted in
   the case's wall time but computed before training: the training step reads ``target.log_z``,
@@ -118,9 +118,11 @@ def make_cases(args: argparse.Namespace) -> list[Case]:
         for L in args.L:
             for K in args.K:
                 for s in args.seeds:
-                    cases.append(Case(f"glass_L{L}_K{K:g}_s{s}", "glass", L, K, "glass_L8",
-                                      [f"target.L={L}", f"target.K={K}", f"target.seed={s}", "target.disorder=pm_j"],
-                                      dict(L=L, K=K, shift=0.1, disorder="pm_j", seed=s), seed=s))
+                    d = args.disorder
+                    tag = "" if d == "pm_j" else f"_{d}"
+                    cases.append(Case(f"glass{tag}_L{L}_K{K:g}_s{s}", "glass", L, K, "glass_L8",
+                                      [f"target.L={L}", f"target.K={K}", f"target.seed={s}", f"target.disorder={d}"],
+                                      dict(L=L, K=K, shift=0.1, disorder=d, seed=s), seed=s))
     if "afm" in args.only:
         cases.append(Case("afm_L16", "afm", 16, -K_C, "afm_L16", [], dict(L=16, K=-K_C, shift=0.1)))
     if "aniso" in args.only:
@@ -473,6 +475,8 @@ def main() -> None:
     ap.add_argument("--L", type=int, nargs="+", default=[8, 12], help="glass lattice sizes")
     ap.add_argument("--K", type=float, nargs="+", default=[0.5, 1.0], help="glass β values")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="glass bond seeds")
+    ap.add_argument("--disorder", choices=["pm_j", "gaussian"], default="pm_j",
+                    help="glass bonds: J = ±1 (pm_j) or J ~ N(0, 1) (gaussian; cases named glass_gaussian_...)")
     ap.add_argument("--seconds", type=float, default=30.0, help="wall-clock training budget per flow")
     ap.add_argument("--seconds-at", nargs="*", default=["12=45", "16=90"], metavar="L=S",
                     help="training budget S for the flows of lattice size L (others: --seconds)")
