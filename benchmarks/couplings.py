@@ -78,6 +78,7 @@ from neuralrg import K_C  # noqa: E402
 from neuralrg.physics.importance import KHAT_ERROR_BAR  # noqa: E402
 from neuralrg.physics.ising import IsingTarget  # noqa: E402
 from neuralrg.physics.statistics import integrated_autocorr_time  # noqa: E402
+from neuralrg.pipelines.budget import plan_budget  # noqa: E402
 from neuralrg.pipelines.train import build_module  # noqa: E402
 from neuralrg.sampling.chains import summarize_run  # noqa: E402
 from neuralrg.sampling.importance import draw_log_weights, variational_summary  # noqa: E402
@@ -153,9 +154,13 @@ def flow_seconds(case: Case, args: argparse.Namespace) -> float:
 def train_flow(case: Case, args: argparse.Namespace, root: Path) -> tuple[Any, dict]:
     run_dir = root / case.name
     cfg = compose_cfg(case, args, run_dir)
-    step_s = probe_seconds(build_module(cfg), cfg, "reverse_kl")
     seconds = flow_seconds(case, args)
-    steps = max(10, int(seconds / (step_s * 1.04)))
+    if cfg.loss.name == "reverse_kl":
+        step_s = probe_seconds(build_module(cfg), cfg, "reverse_kl")
+        steps = max(10, int(seconds / (step_s * 1.04)))
+    else:  # the package's planner times every objective phase and the data set (made once, then reused)
+        plan = plan_budget(cfg, seconds, build_module)
+        step_s, steps = plan["step_time_s"], max(10, int(plan["steps"]))
     cfg.steps = steps
     cfg.steps_per_epoch = max(1, min(100, steps))
     pl.seed_everything(cfg.seed, verbose=False)
@@ -182,6 +187,8 @@ def train_flow(case: Case, args: argparse.Namespace, root: Path) -> tuple[Any, d
     info = {"run_dir": str(run_dir), "model": flow.config, "num_parameters": flow.num_parameters(),
             "batch_size": int(cfg.batch_size), "dtype": str(cfg.dtype), "probe_ms_per_step": 1000 * step_s,
             "planned_steps": steps, "steps": int(trainer.global_step), "train_s": train_s, "exact_s": exact_s}
+    if module.data is not None:  # loss.name=data: where the samples came from, and the chains' diagnostics
+        info["data"] = {**module.data.info, "warning": module.data.warning}
     return flow, info
 
 

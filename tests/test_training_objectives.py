@@ -23,7 +23,7 @@ from neuralrg.physics.ising import IsingTarget  # noqa: E402
 from neuralrg.physics.target import LatticeTarget  # noqa: E402
 from neuralrg.pipelines.train import build_module, run_training  # noqa: E402
 from neuralrg.sampling.importance import evaluate_flow  # noqa: E402
-from neuralrg.training.chains import FlowMCMCChains, TrainingData  # noqa: E402
+from neuralrg.training.chains import _LAST_DATA, FlowMCMCChains, TrainingData  # noqa: E402
 from neuralrg.training.losses import LossConfig, TemperSchedule, WeightSchedule  # noqa: E402
 from neuralrg.training.module import FIT_DATA_TIME_KEY, FlowModule, NonFiniteLossError  # noqa: E402
 
@@ -230,8 +230,13 @@ def test_parallel_tempering_data_for_a_glass_match_the_transfer_matrix():
         # the samples are ~independent (6 steps > 2 τ_int(E)); widen by 2 for the residual correlation
         err = 2 * float(v.std()) / math.sqrt(v.numel())
         assert abs(float(v.mean()) - exact[f"{name}_per_site" if name == "energy" else name]) < 4 * err, name
+    again = TrainingData(target, 2048, n_chains=64, sweep_spacing=6, warmup_sweeps=200, seed=0)
+    assert again.reused and again.x is data.x and again.info == data.info  # the last set is kept (budget probes)
+    _LAST_DATA.clear()
     same = TrainingData(target, 2048, n_chains=64, sweep_spacing=6, warmup_sweeps=200, seed=0)
-    assert torch.equal(same.x, data.x)  # seeded
+    assert not same.reused and torch.equal(same.x, data.x)  # generated again: seeded
+    other = TrainingData(target, 2048, n_chains=64, sweep_spacing=6, warmup_sweeps=200, seed=1)
+    assert not other.reused and not torch.equal(other.x, data.x)
     short = TrainingData(target, 256, n_chains=64, sweep_spacing=1, warmup_sweeps=2, seed=1)
     assert short.warning is not None and "raise loss.data_warmup_sweeps" in short.warning
     assert short.info["effective_samples"] < 256
@@ -408,6 +413,7 @@ def test_budget_probes_every_objective_phase(tmp_path):
     plan = plan_budget(cfg, 60.0, build_module)
     times = plan["phase_step_times_s"]
     assert list(times) == [0, 40] and plan["step_time_s"] == times[0] and min(times.values()) > 0
+    assert build_module(cfg)._ensure_data().reused  # the run takes the probe's data set, not a second one
 
 
 # --- the sign-folded reverse KL (loss.sign_fold) -------------------------------------------------

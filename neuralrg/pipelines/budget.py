@@ -6,8 +6,8 @@ CUDA-synchronised) and the cost per evaluation sample, then solves
 
     budget·(1 − reserve) − probe − final evaluation = steps · (t_step + eval_samples·t_eval / eval_every)
 
-for ``steps`` (a ``loss.name=data`` run also subtracts the time its data set took in the probe, since
-the run makes it again). ``reserve`` (10 %) covers Lightning's set-up, checkpoints and figures. A run whose
+for ``steps`` (a ``loss.name=data`` run makes its data set inside the probe, so the probe's time
+counts it; the run then reuses that set, ``TrainingData``). ``reserve`` (10 %) covers Lightning's set-up, checkpoints and figures. A run whose
 objective changes part-way (``loss.name=data`` with a data phase, then ``loss.after``) is timed in
 both phases and the steps are counted phase by phase. ``trainer.max_time`` (the fit's share of the
 budget) is the safety net.
@@ -124,10 +124,9 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     final_eval = passes * int(cfg.final_eval_samples) * t_eval
     if flow.config.get("kind") == "mera":  # final_evaluation's RG figures: two inverse passes, about
         final_eval += 2 * default_sample_count(flow.n_sites) * t_eval
-    data_s = float(getattr(module, "data_generation_s", None) or 0.0)  # the run makes its exact data set again
     del module, optimizer
     probe = time.perf_counter() - t_start
-    fit_s = budget_s * (1.0 - RESERVE) - probe - final_eval - data_s
+    fit_s = budget_s * (1.0 - RESERVE) - probe - final_eval
     eval_every = int(cfg.eval_every)
     per_eval = int(cfg.eval_samples) * t_eval / eval_every if eval_every > 0 else 0.0
     steps = steps_that_fit(fit_s, [(k, t + per_eval) for k, t in zip(starts, t_steps)])

@@ -37,6 +37,7 @@ with ``burn_in`` updates).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any
@@ -161,6 +162,9 @@ class FlowMCMCChains:
 
 DATA_SOURCES = ("auto", "wolff", "parallel_tempering")
 PT_DATA_KEYS = ("n_temperatures", "t_max", "n_leapfrog", "step_size", "target_accept")
+# the last data set made, by everything that determines it: a budget probe's (``plan_budget``)
+# is then the run's, instead of a second generation (minutes for parallel tempering)
+_LAST_DATA: dict[str, tuple[torch.Tensor, dict[str, Any], str | None]] = {}
 
 
 def resolve_data_source(target: LatticeTarget, source: str = "auto",
@@ -201,7 +205,9 @@ class TrainingData:
     sampler keys. Stored float64 on the CPU; ``batch`` returns them on the requested device/dtype
     (cached), shuffled once per epoch (a remainder smaller than a batch is skipped). ``info``
     describes the generation; ``warning`` is a sentence when the chains' own diagnostics say the
-    samples may not represent p (else None).
+    samples may not represent p (else None). The last data set made is kept: the same target
+    (``spec``), settings and seed get the same samples without generating them again
+    (``generation_s`` is then this call's time, ~0; ``info["generation_s"]`` the original's).
     """
 
     def __init__(self, target: LatticeTarget, n_samples: int, *, source: str = "auto", n_chains: int = 64,
@@ -214,7 +220,12 @@ class TrainingData:
         t0 = time.perf_counter()
         self.info: dict[str, Any] = {"source": self.source, "n_samples": self.n_samples, "n_chains": C,
                                      "sweep_spacing": int(sweep_spacing), "warmup_sweeps": int(warmup_sweeps)}
-        if self.source == "wolff":
+        key = json.dumps([target.spec(), self.info, seed, settings or {}], sort_keys=True, default=str)
+        self.reused = key in _LAST_DATA
+        if self.reused:
+            self.x, info, self.warning = _LAST_DATA[key]
+            self.info = dict(info)
+        elif self.source == "wolff":
             from ..physics.wolff import exact_x_samples
 
             self.x, res = exact_x_samples(target, self.n_samples, n_chains=C, sweep_spacing=sweep_spacing,
@@ -224,7 +235,10 @@ class TrainingData:
             self.x = self._parallel_tempering(target, C, int(sweep_spacing), int(warmup_sweeps), seed,
                                               dict(settings or {}))
         self.generation_s = time.perf_counter() - t0
-        self.info["generation_s"] = self.generation_s
+        if not self.reused:
+            self.info["generation_s"] = self.generation_s
+            _LAST_DATA.clear()
+            _LAST_DATA[key] = (self.x, dict(self.info), self.warning)
         self._order: torch.Tensor | None = None
         self._pos = 0
         self.epoch = 0
