@@ -21,7 +21,7 @@ pl = pytest.importorskip("pytorch_lightning")
 from neuralrg.flows import build_mera  # noqa: E402
 from neuralrg.physics.ising import IsingTarget  # noqa: E402
 from neuralrg.physics.target import LatticeTarget  # noqa: E402
-from neuralrg.pipelines.train import build_module, run_training  # noqa: E402
+from neuralrg.pipelines.train import build_module, format_summary, run_training  # noqa: E402
 from neuralrg.sampling.importance import evaluate_flow  # noqa: E402
 from neuralrg.training.chains import _LAST_DATA, FlowMCMCChains, TrainingData  # noqa: E402
 from neuralrg.training.losses import LossConfig, TemperSchedule, WeightSchedule  # noqa: E402
@@ -317,6 +317,11 @@ def test_data_training_on_a_glass_draws_parallel_tempering_data(tmp_path):
     assert data.source == "parallel_tempering" and len(data.info["temperatures"]) == 4
     assert cap.steps[0]["train/data_effective_samples"] == pytest.approx(data.info["effective_samples"])
     assert 0 < data.info["effective_samples"] <= 1024 and data.warning is None
+    assert s["data"]["source"] == "parallel_tempering" and s["data"]["warning"] is None  # in summary.json too
+    line = format_summary(s).splitlines()[-1]
+    assert line.startswith("  training data: 1024 samples from parallel_tempering (") and "WARNING" not in line
+    flagged = format_summary({**s, "data": {**s["data"], "warning": "too short"}})
+    assert flagged.splitlines()[-1].endswith("; WARNING: too short")
 
 
 def test_data_weight_mixes_reverse_kl_into_the_data_phase(tmp_path):

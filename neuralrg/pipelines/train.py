@@ -302,6 +302,8 @@ def _summarise(cfg: DictConfig, trainer: pl.Trainer, module: FlowModule, status:
         summary["warm_start"] = module.warm_start_info
     if FIT_DATA_TIME_KEY in metrics:  # exact-data generation (loss.name=data), part of wall_time_s
         summary["data_generation_s"] = float(metrics[FIT_DATA_TIME_KEY])
+    if module.data is not None:  # loss.name=data: where the samples came from, and their chains' diagnostics
+        summary["data"] = {**module.data.info, "warning": module.data.warning}
     if status == "completed":
         summary.update(final_evaluation(flow, int(cfg.final_eval_samples)))
     return summary
@@ -334,6 +336,11 @@ def format_summary(s: dict[str, Any]) -> str:
     if rg:
         lines.append("  RG organisation: " + (f"failed ({rg['error']})" if "error" in rg else
                                               f"{format_rg(rg)}  [{rg.get('samples')}]"))
+    data = s.get("data")
+    if data:
+        lines.append(f"  training data: {data['n_samples']} samples from {data['source']}"
+                     + (f" ({data['effective_samples']:.0f} effective)" if "effective_samples" in data else "")
+                     + (f"; WARNING: {data['warning']}" if data.get("warning") else ""))
     if not math.isfinite(s["free_energy_per_site"]):
         lines.append("  (non-finite estimates)")
     return "\n".join(lines)
