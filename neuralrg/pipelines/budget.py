@@ -7,7 +7,8 @@ CUDA-synchronised) and the cost per evaluation sample, then solves
     budget·(1 − reserve) − probe − final evaluation = steps · (t_step + eval_samples·t_eval / eval_every)
 
 for ``steps`` (a ``loss.name=data`` run makes its data set inside the probe, so the probe's time
-counts it; the run then reuses that set, ``TrainingData``). ``reserve`` (10 %) covers Lightning's set-up, checkpoints and figures. A run whose
+counts it; the run then reuses that set, ``TrainingData``). ``reserve`` (10 %) covers Lightning's
+set-up, checkpoints and figures. A run whose
 objective changes part-way (``loss.name=data`` with a data phase, then ``loss.after``) is timed in
 both phases and the steps are counted phase by phase. ``trainer.max_time`` (the fit's share of the
 budget) is the safety net.

@@ -46,10 +46,13 @@ import numpy as np
 import torch
 
 from ..physics.target import LatticeTarget
+from ..sampling.chains import WARMUP_TAUS, summarize_run
 from ..sampling.hmc import DualAveraging, hmc_step
 from ..sampling.metropolis import independence_metropolis
+from ..sampling.samplers.parallel_tempering import DEFAULTS as PT_DEFAULTS
+from ..sampling.samplers.parallel_tempering import check_pt_settings, run_parallel_tempering
 
-__all__ = ["FlowMCMCChains", "TrainingData", "DATA_SOURCES", "resolve_data_source"]
+__all__ = ["FlowMCMCChains", "TrainingData", "DATA_SOURCES", "check_data_source_name", "resolve_data_source"]
 
 
 class FlowMCMCChains:
@@ -167,6 +170,12 @@ PT_DATA_KEYS = ("n_temperatures", "t_max", "n_leapfrog", "step_size", "target_ac
 _LAST_DATA: dict[str, tuple[torch.Tensor, dict[str, Any], str | None]] = {}
 
 
+def check_data_source_name(source: str) -> None:
+    """ValueError unless ``source`` is one of ``DATA_SOURCES`` (``loss.data_source``)."""
+    if source not in DATA_SOURCES:
+        raise ValueError(f"loss.data_source must be one of {DATA_SOURCES}, got {source!r}")
+
+
 def resolve_data_source(target: LatticeTarget, source: str = "auto",
                         settings: dict[str, Any] | None = None) -> str:
     """The data source ``loss.data_source`` names for ``target``: ``auto`` is ``wolff`` where Wolff
@@ -174,10 +183,8 @@ def resolve_data_source(target: LatticeTarget, source: str = "auto",
     (``loss.data_settings``) are parallel tempering's sampler keys (``PT_DATA_KEYS``), checked here.
     ValueError naming the key for an unknown source, Wolff where it does not apply, or bad settings."""
     from ..physics.wolff import wolff_unsupported_reason
-    from ..sampling.samplers.parallel_tempering import DEFAULTS, check_pt_settings
 
-    if source not in DATA_SOURCES:
-        raise ValueError(f"loss.data_source must be one of {DATA_SOURCES}, got {source!r}")
+    check_data_source_name(source)
     why = wolff_unsupported_reason(target)
     if source == "auto":
         source = "wolff" if why is None else "parallel_tempering"
@@ -192,7 +199,7 @@ def resolve_data_source(target: LatticeTarget, source: str = "auto",
     unknown = sorted(set(settings) - set(PT_DATA_KEYS))
     if unknown:
         raise ValueError(f"unknown loss.data_settings key(s) {unknown}; known: {list(PT_DATA_KEYS)}")
-    check_pt_settings({**DEFAULTS, **settings})
+    check_pt_settings({**PT_DEFAULTS, **settings})
     return source
 
 
@@ -246,9 +253,6 @@ class TrainingData:
 
     def _parallel_tempering(self, target: LatticeTarget, C: int, spacing: int, warmup: int,
                             seed: int | list[int], settings: dict[str, Any]) -> torch.Tensor:
-        from ..sampling.chains import WARMUP_TAUS, summarize_run
-        from ..sampling.samplers.parallel_tempering import run_parallel_tempering
-
         T = math.ceil(self.n_samples / C)
         state = np.random.SeedSequence(seed).generate_state(2)
         gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))

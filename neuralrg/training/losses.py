@@ -7,9 +7,10 @@
   w follows a ``WeightSchedule``;
 * ``data``: maximum likelihood −mean ln q(x) on samples of p (``TrainingData``: exact Wolff
   samples of the Ising relaxation where Wolff applies, else, or with ``data_source:
-  parallel_tempering``, chain states of parallel tempering), for ``pretrain_steps`` steps, then ``after`` (reverse_kl or flow_mcmc) takes
-  over (``pretrain_steps: null``: data for the whole run); ``data_weight`` w < 1 mixes the
-  reverse KL into the data phase: (1 − w)·reverse KL + w·forward KL on the data.
+  parallel_tempering``, chain states of parallel tempering), for ``pretrain_steps`` steps, then
+  ``after`` (reverse_kl or flow_mcmc) takes over (``pretrain_steps: null``: data for the whole
+  run); ``data_weight`` w < 1 mixes the reverse KL into the data phase: (1 − w)·reverse KL +
+  w·forward KL on the data.
 
 ``sign_fold`` (reverse KL only, Z2-symmetric targets): the reverse KL is taken against the folded
 target p_φ(x) = 2σ(φ(x))·p(x) with φ odd and learned (``SignFold``), instead of p. Because p is
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 
 from ..physics.fold import fold_field, fold_log_weight, fold_phi
+from .chains import check_data_source_name
 
 LOSS_NAMES = ("reverse_kl", "flow_mcmc", "data")
 AFTER_NAMES = ("reverse_kl", "flow_mcmc")
@@ -240,10 +242,7 @@ class LossConfig:
                 raise ValueError(f"loss.sign_fold folds the reverse KL: it needs loss.name=reverse_kl, "
                                  f"got {self.name!r} (add loss.sign_fold=null; the ising8_critical, demo and "
                                  f"ising16_critical presets set loss.sign_fold=uniform)")
-        from .chains import DATA_SOURCES
-
-        if self.data_source not in DATA_SOURCES:
-            raise ValueError(f"loss.data_source must be one of {DATA_SOURCES}, got {self.data_source!r}")
+        check_data_source_name(self.data_source)
         if self.data_settings is not None and not isinstance(self.data_settings, dict):
             raise ValueError(f"loss.data_settings must be null or a mapping of parallel tempering's settings, "
                              f"got {self.data_settings!r}")
