@@ -30,7 +30,8 @@ def main(cfg: DictConfig) -> None:
                                figures=c["figures"], symmetrize=c["symmetrize"],
                                per_sampler={k: v for k, v in per_sampler.items() if k in samplers},
                                progress=make_progress(bool(c.get("quiet"))), log_to=c.get("log_to", "none"),
-                               wandb=c.get("wandb"), memory_limit=c.get("memory_limit"))
+                               wandb=c.get("wandb"), memory_limit=c.get("memory_limit"),
+                               annealed=c.get("annealed_importance"))
         print(format_table(summary))
         print(format_importance(summary))
         print(f"outputs: {summary['out_dir']}")

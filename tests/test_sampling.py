@@ -389,7 +389,8 @@ def test_sample_py_compare(run_dir, tmp_path):
     cwd.mkdir()
     res = sample_py(f"run={run_dir}", "mode=compare", "device=cpu", "importance_samples=512", "figures=false",
                     "settings.n_chains=8", "settings.n_warmup=5", "settings.n_samples=20",
-                    "settings.n_leapfrog=2", cwd=cwd)
+                    "settings.n_leapfrog=2", "annealed_importance.samples=32", "annealed_importance.stages=2",
+                    cwd=cwd)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("sampler"))
@@ -398,6 +399,7 @@ def test_sample_py_compare(run_dir, tmp_path):
     assert lines[header + 5].startswith("exact energy per site: -1.565624")
     assert any(line.startswith("flow importance sampling") for line in lines)
     assert any(line.startswith("Z2-symmetrised flow importance sampling") for line in lines)
+    assert any(line.startswith("annealed importance sampling (2 stages x 5 leapfrog") for line in lines)
     summaries = list((run_dir / "sampling").glob("*/summary.json"))  # default out_dir
     assert len(summaries) == 1 and (summaries[0].parent / "samples.npz").exists()
     assert not list(cwd.iterdir())  # no hydra log or output folder in the working directory

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from .statistics import _log_weights, ess_fraction, importance_log_z
+from .statistics import _as_float64, _log_weights, ess_fraction, importance_log_z
 
-__all__ = ["pareto_khat", "psis_smooth", "importance_diagnostics", "KHAT_THRESHOLD", "KHAT_ERROR_BAR",
-           "MIN_SAMPLES"]
+__all__ = ["pareto_khat", "psis_smooth", "importance_diagnostics", "weighted_means", "KHAT_THRESHOLD",
+           "KHAT_ERROR_BAR", "MIN_SAMPLES"]
 
 KHAT_THRESHOLD = 0.7
 """k̂ above which importance-sampling estimates are deemed unusable."""
@@ -167,3 +167,31 @@ def importance_diagnostics(log_w: torch.Tensor | np.ndarray) -> dict[str, Any]:
                 f"but its error bar is too small (ln Z typically low)")
     return {"log_z": log_z, "log_z_err": log_z_err, "ess_fraction": ess_fraction(lw),
             "khat": float(khat), "reliable": reliable, "psis_log_z": psis_log_z, "note": note}
+
+
+def weighted_means(values: dict[str, Any], log_w: torch.Tensor | np.ndarray,
+                   pairs: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+    """Self-normalised importance-weighted means of per-draw values, {name: {"mean", "err"}}.
+
+    ``values``: name -> (M,) per-draw values of M independent draws with log weights ``log_w``
+    (M,). mean = Σ w v / Σ w; err is the delta-method standard error √(Σ w² (v − mean)²) / Σ w.
+    Names in ``pairs`` hold one value per pair of draws (2i, 2i+1), written on both entries (the
+    replica overlap q², ``observables.pair_overlap_moments``): they are weighted by the pair's
+    product weight w_{2i}·w_{2i+1} (M even).
+    """
+    lw = _log_weights(log_w)
+    out: dict[str, dict[str, float]] = {}
+    for name, v in values.items():
+        arr = _as_float64(v, f"values[{name!r}]")
+        if arr.shape != lw.shape:
+            raise ValueError(f"values[{name!r}] must be shaped like log_w {lw.shape}, got {arr.shape}")
+        lwk = lw
+        if name in pairs:
+            if lw.size % 2:
+                raise ValueError(f"values[{name!r}] is a pair value and needs an even number of draws, got {lw.size}")
+            arr, lwk = arr[0::2], lw[0::2] + lw[1::2]
+        w = np.exp(lwk - lwk.max())
+        mean = float(np.sum(w * arr) / w.sum())
+        err = float(math.sqrt(np.sum(w * w * (arr - mean) ** 2)) / w.sum())
+        out[name] = {"mean": mean, "err": err}
+    return out

@@ -124,6 +124,10 @@ def conditional_moments(x: Tensor, Jx: Tensor | None = None, Jy: Tensor | None =
     return {"energy": e, "energy2": e * e + s_var / N**2, **_sum_moments(t, v, N)}
 
 
+PAIR_KEYS = ("q2", "q4")
+"""The per-sample observables that hold one value per replica pair (2i, 2i+1) (``pair_overlap_moments``)."""
+
+
 def pair_overlap_moments(x: Tensor) -> dict[str, Tensor]:
     """E[q² | x^a, x^b] and E[q⁴ | …] of the overlap q = Σ s^a s^b / N of replica pairs.
 
@@ -142,7 +146,7 @@ def pair_overlap_moments(x: Tensor) -> dict[str, Tensor]:
     # Var(σ) = 1 − τ² = v_a + v_b − v_a v_b, without the cancellation at |τ| → 1
     va, vb = v[0::2], v[1::2]
     mom = _sum_moments(tau, va + vb - va * vb, N)
-    return {"q2": mom["m2"].repeat_interleave(2), "q4": mom["m4"].repeat_interleave(2)}
+    return {"q2": mom["m2"].repeat_interleave(2), "q4": mom["m4"].repeat_interleave(2)}  # PAIR_KEYS
 
 
 def spin_moments(s: Tensor, Jx: Tensor | None = None, Jy: Tensor | None = None) -> dict[str, Tensor]:

@@ -35,6 +35,7 @@ from ..checkpoint import load_flow, load_flow_at, resolve_checkpoint, target_sum
 from ..plotting import plot_configurations, plot_latent_levels, plot_traces, save_figure
 from ..physics.statistics import autocorrelation
 from ..sampling.chains import WARMUP_TAUS, ChainRun, summarize_run
+from ..sampling.annealed import annealed_importance, annealed_summary, check_annealing, format_annealed
 from ..sampling.importance import draw_log_weights, flow_summary, format_is_estimate
 from ..sampling.progress import Progress
 from ..sampling.registry import (available, check_common_keys, check_supported, get_sampler, resolve_settings,
@@ -74,6 +75,30 @@ def sampler_settings(samplers: list[str], settings: dict[str, Any] | None,
     return {name: resolve_settings(name, settings, per_sampler.get(name)) for name in samplers}
 
 
+ANNEALED_KEYS = {"samples": 0, "stages": 16, "n_leapfrog": 5, "step_size": None, "batch_size": 256}
+"""Settings of ``annealed`` (``conf/sample.yaml``, annealed_importance) and their defaults."""
+
+
+def annealed_settings(annealed: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``annealed`` completed with ``ANNEALED_KEYS``' defaults and checked; None when it skips (no
+    dict, or samples 0). An unknown key or a bad value is a ValueError naming it."""
+    if annealed is None:
+        return None
+    if not isinstance(annealed, dict):
+        raise ValueError(f"annealed_importance must be a mapping of {sorted(ANNEALED_KEYS)}, got {annealed!r}")
+    unknown = sorted(set(annealed) - set(ANNEALED_KEYS))
+    if unknown:
+        raise ValueError(f"annealed_importance: unknown key(s) {unknown}; known: {sorted(ANNEALED_KEYS)}")
+    s = {**ANNEALED_KEYS, **annealed}
+    if s["samples"] == 0 and _is_int(s["samples"]):
+        return None
+    try:
+        check_annealing(s["samples"], s["stages"], s["n_leapfrog"], s["step_size"], s["batch_size"])
+    except ValueError as exc:
+        raise ValueError(f"annealed_importance: {exc}") from None
+    return s
+
+
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {out} exists and is not a directory")
@@ -99,7 +124,7 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
                  symmetrize: bool = True, per_sampler: dict[str, dict[str, Any]] | None = None,
                  max_time: float | str | None = None, progress: Progress | None = None,
                  log_to: str = "none", wandb: dict[str, Any] | None = None,
-                 memory_limit: Any = None) -> dict[str, Any]:
+                 memory_limit: Any = None, annealed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``samplers`` (registry names) on the flow of ``run`` (run dir or .ckpt), write the outputs.
 
     ``symmetrize``: sample with the Z2-symmetrised flow q_sym (random global sign; latent HMC
@@ -135,6 +160,7 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
         raise ValueError(f"importance_samples must be 0 (skip) or an integer >= 2, got {importance_samples!r}")
     if not _is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    anneal = annealed_settings(annealed)
     if at_L is None:
         flow = load_flow(run, L=L, K=K, expect=expect, map_location=resolve_device(device))
     else:
@@ -144,6 +170,9 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
             check_step_memory(flow, resolved[name]["n_chains"], memory_limit, device=flow.device, what="n_chains")
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
+    if anneal is not None:
+        check_step_memory(flow, anneal["batch_size"], memory_limit, device=flow.device,
+                          what="annealed_importance.batch_size")
     target = flow.target
     trained_z2 = flow.z2
     flow.z2 = (bool(symmetrize) and target.z2_symmetric) or trained_z2
@@ -185,6 +214,10 @@ def run_sampling(*, run: str, samplers: list[str], settings: dict[str, Any], out
                                                                        "importance sampling (Z2)")
         finally:
             flow.z2 = symmetrized
+    if anneal is not None:
+        draws = annealed_importance(flow, anneal.pop("samples"), fold=settings.get("fold"), generator=gen,
+                                    progress=progress, **anneal)
+        summary["annealed_importance"] = annealed_summary(flow, draws, gen)
 
     main = runs[samplers[0]]
     arrays = {"x": main.x, "z": main.z, "log_q": main.log_q, "energy_per_sample": main.energy,
@@ -228,7 +261,7 @@ def training_record(summary: dict[str, Any], out: Path) -> dict[str, Any]:
     rec: dict[str, Any] = {"out_dir": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                            "partial": summary.get("partial", False),
                            "samplers": {row[0]: dict(zip(TABLE_COLUMNS[1:], row[1:])) for row in comparison_rows(summary)}}
-    for key in ("importance_sampling", "importance_sampling_z2"):
+    for key in ("importance_sampling", "importance_sampling_z2", "annealed_importance"):
         if key in summary:
             rec[key] = {k: summary[key].get(k) for k in ("is_log_z_per_site", "is_log_z_per_site_err",
                                                           "ess_fraction", "is_khat", "is_reliable",
@@ -261,7 +294,7 @@ def log_to_wandb(out: Path, summary: dict[str, Any], cfg: dict[str, Any]) -> boo
     numbers = {"samplers": {n: {k: v for k, v in r.items() if k in ("acceptance", "ess_per_second", "tau_int",
                                                                       "seconds_per_trajectory", "trajectories_kept")}
                             for n, r in summary["samplers"].items()}}
-    for key in ("importance_sampling", "importance_sampling_z2"):
+    for key in ("importance_sampling", "importance_sampling_z2", "annealed_importance"):
         if key in summary:
             numbers[key] = summary[key]
     close_run(run, numbers, prefix="")
@@ -354,4 +387,6 @@ def format_importance(summary: dict[str, Any]) -> str:
     for key, label in (("importance_sampling", "flow"), ("importance_sampling_z2", "Z2-symmetrised flow")):
         if key in summary:
             lines.append(f"{label} importance sampling: {format_is_estimate(summary[key])}")
+    if "annealed_importance" in summary:
+        lines.append(format_annealed(summary["annealed_importance"]))
     return "\n".join(lines)

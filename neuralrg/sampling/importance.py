@@ -44,7 +44,15 @@ def draw_log_weights(flow: Any, n_samples: int, batch_size: int = 1024,
 
 def variational_summary(log_q: torch.Tensor, log_p: torch.Tensor, n_sites: int,
                         exact_log_z: float | None = None) -> dict[str, float]:
-    """Per-site variational and importance-sampling estimates from flow samples.
+    """Per-site variational and importance-sampling estimates from flow samples: the
+    ``log_weight_summary`` of ln w = ln p̃ − ln q."""
+    return log_weight_summary(log_p - log_q, n_sites, exact_log_z)
+
+
+def log_weight_summary(log_w: torch.Tensor, n_sites: int, exact_log_z: float | None = None) -> dict[str, float]:
+    """Per-site estimates from the log weights (M,) of independent draws with E[w] = Z: the flow's
+    (ln p̃ − ln q) or annealed ones (``sampling.annealed``); −mean(ln w) ≥ −ln Z is then F_q or the
+    mean work of the annealing.
 
     Keys: free_energy_per_site (F_q/N), free_energy_per_site_err, and with the exact ln Z_x:
     exact_free_energy_per_site (−ln Z_x/N), gap_per_site, relative_error (gap / (ln Z_x/N));
@@ -54,13 +62,13 @@ def variational_summary(log_q: torch.Tensor, log_p: torch.Tensor, n_sites: int,
     above 0.7 ln Ẑ itself is not to be trusted), is_note (why, or None), is_psis_log_z_per_site
     (Pareto-smoothed ln Ẑ/N, None where k̂ ≥ 0.7).
     """
-    f = (log_q - log_p).to(torch.float64)
+    log_w = log_w.to(torch.float64)
+    f = -log_w
     M = f.numel()
     out: dict[str, float] = {
         "free_energy_per_site": float(f.mean()) / n_sites,
         "free_energy_per_site_err": float(f.std(unbiased=True)) / math.sqrt(M) / n_sites,
     }
-    log_w = -f
     lz, lz_err = importance_log_z(log_w)
     out["is_log_z_per_site"] = lz / n_sites
     out["is_log_z_per_site_err"] = lz_err / n_sites
@@ -106,7 +114,13 @@ def flow_summary(flow: Any, log_q: torch.Tensor, log_p: torch.Tensor) -> dict[st
     Z2-symmetric target the IS estimate is marked unreliable (``MIRROR_NOTE``; measured in
     docs/benchmarks.md, coverage: 0 of 3 such estimates with k̂ ≤ ½ covered the exact value at 2σ)."""
     out = variational_summary(log_q, log_p, flow.n_sites, flow.target.log_z)
-    if "is_khat" in out and flow.target.z2_symmetric and not flow.z2:
+    return flag_mirror(out, flow.target.z2_symmetric and not flow.z2)
+
+
+def flag_mirror(out: dict[str, Any], plain_density_of_z2_target: bool) -> dict[str, Any]:
+    """Mark the estimate ``out`` (a ``log_weight_summary``) unreliable with ``MIRROR_NOTE`` when it
+    comes from a plain (neither symmetrised nor sign-folded) density of a Z2-symmetric target."""
+    if "is_khat" in out and plain_density_of_z2_target:
         out["is_reliable"] = False
         out["is_note"] = MIRROR_NOTE if out["is_note"] is None else f"{out['is_note']}; {MIRROR_NOTE}"
     return out
