@@ -17,7 +17,7 @@ from neuralrg.physics.importance import pareto_khat, weighted_means
 from neuralrg.physics.lattice import K_C
 from neuralrg.physics.statistics import ess_fraction, importance_log_z
 from neuralrg.pipelines import sample as pipeline
-from neuralrg.sampling.annealed import annealed_importance, annealed_summary, check_annealing
+from neuralrg.sampling.annealed import annealed_importance, annealed_summary, check_annealing, format_annealed
 from neuralrg.sampling.importance import draw_log_weights
 
 torch.set_num_threads(1)
@@ -39,6 +39,11 @@ def test_one_stage_is_plain_importance_sampling(z2):
     torch.testing.assert_close(d.log_w, lp - lq, rtol=0, atol=1e-9)
     assert d.pilot_step_size is None and d.step_size == 0.2 and d.grad_evals_per_draw == 4
     assert d.signed is z2
+    d0 = annealed_importance(flow, 64, stages=0, generator=gen(5))  # no moves: the same weights and states
+    torch.testing.assert_close(d0.log_w, lp - lq, rtol=0, atol=1e-9)
+    assert d0.step_size is None and d0.grad_evals_per_draw == 0 and d0.accept.shape == (0,)
+    s = annealed_summary(flow, d0)
+    assert "0 stages" in format_annealed(s)
 
 
 def test_annealing_is_exact_and_lighter_tailed():
@@ -125,7 +130,7 @@ def test_weighted_means_bad_input(values, lw, pairs, match):
 
 # ----------------------------------------------------------------------------- settings and pipeline
 @pytest.mark.parametrize("kw, match", [
-    (dict(n_samples=1), "samples"), (dict(stages=0), "stages"), (dict(n_leapfrog=0), "n_leapfrog"),
+    (dict(n_samples=1), "samples"), (dict(stages=-1), "stages"), (dict(n_leapfrog=0), "n_leapfrog"),
     (dict(step_size=0.0), "step_size"), (dict(step_size=float("nan")), "step_size"),
     (dict(batch_size=0), "batch_size"), (dict(stages=2.5), "stages"),
 ])
@@ -140,7 +145,7 @@ SMALL = dict(n_chains=4, n_warmup=2, n_samples=4, n_leapfrog=2, step_size=0.1)
 
 @pytest.mark.parametrize("annealed, match", [
     ({"sample": 8}, "unknown key"), ({"samples": 1}, "annealed_importance: samples"),
-    ({"samples": 8, "stages": 0}, "annealed_importance: stages"), ("many", "mapping"),
+    ({"samples": 8, "stages": -1}, "annealed_importance: stages"), ("many", "mapping"),
 ])
 def test_run_sampling_bad_annealing_writes_nothing(run_dir, tmp_path, annealed, match):
     before = set(tmp_path.rglob("*")) | set(run_dir.rglob("*"))

@@ -9,7 +9,8 @@ U the latent potential of ``latent.latent_potential`` (with Z2 or the sign fold)
 base and γ₁ the latent target. Stage k adds (b_k − b_{k−1})·ℓ(z) to ln w at the current state,
 then one HMC move (``hmc.hmc_step``, n_leapfrog steps of a fixed ε) that leaves γ_{b_k} invariant.
 Then E[w] = Z exactly, for any K and any ε: the moves only make the weights lighter-tailed
-than the flow's own (K = 1 gives ln w = ℓ(z₀), plain importance sampling, whatever the move).
+than the flow's own. K = 1 gives ln w = ℓ(z₀), the flow's importance weights, and one move of
+the state; K = 0 is plain importance sampling (no moves, no gradients).
 The draws are independent, so ln Ẑ, its error bar, the ESS and the PSIS k̂ are importance
 sampling's (``physics.importance``), and the states x = g(z_K) (a random sign with Z2 or the
 fold) with weights w give self-normalised observables. −mean(ln w) ≥ −ln Z is the mean work of
@@ -44,15 +45,16 @@ class AnnealedDraws:
     """Output of ``annealed_importance``: M independent weighted draws.
 
     log_w (M,) float64 total log weights (E[w] = Z); x (M, L, L) final states; z (M, L, L) their
-    latents; step_size ε of every move; stages K; n_leapfrog per move; accept (K,) mean acceptance
-    probability per stage; pilot_step_size (None when ε was given); seconds (wall, pilot
-    included); grad_evals_per_draw = 1 + K·n_leapfrog (potential+gradient evaluations per draw);
+    latents; step_size ε of every move (None for K = 0); stages K; n_leapfrog per move; accept (K,)
+    mean acceptance probability per stage; pilot_step_size (None when ε was given or K = 0);
+    seconds (wall, pilot included); grad_evals_per_draw = 1 + K·n_leapfrog potential+gradient
+    evaluations per draw (0 for K = 0: one potential evaluation);
     signed: the x carry a random global sign (Z2-symmetrised flow or the sign fold)."""
 
     log_w: torch.Tensor
     x: torch.Tensor
     z: torch.Tensor
-    step_size: float
+    step_size: float | None
     stages: int
     n_leapfrog: int
     accept: torch.Tensor
@@ -63,10 +65,10 @@ class AnnealedDraws:
 
 
 def check_annealing(n_samples: Any, stages: Any, n_leapfrog: Any, step_size: Any, batch_size: Any) -> None:
-    """ValueError naming the first bad setting (samples >= 2, stages >= 1, n_leapfrog >= 1,
+    """ValueError naming the first bad setting (samples >= 2, stages >= 0, n_leapfrog >= 1,
     step_size None or > 0, batch_size >= 1)."""
     _check_int(n_samples, "samples", 2)
-    _check_int(stages, "stages", 1)
+    _check_int(stages, "stages", 0)
     _check_int(n_leapfrog, "n_leapfrog", 1)
     if step_size is not None:
         _check_step_size(step_size, "step_size")
@@ -77,13 +79,18 @@ def _half_sq(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * z.flatten(1).square().sum(dim=1)
 
 
-def _anneal_batch(flow: Any, pg_raw, b: torch.Tensor, eps: float, n_leapfrog: int, n: int,
+def _anneal_batch(flow: Any, potential, pg_raw, b: torch.Tensor, eps: float, n_leapfrog: int, n: int,
                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log w (n,) float64, z_K (n, L, L), acceptance (K,)) of n draws through the stages ``b``."""
+    """(log w (n,) float64, z_K (n, L, L), acceptance (K,)) of n draws through the stages ``b``
+    (b = [0] alone: plain importance sampling, one potential evaluation and no gradient)."""
     z = flow.q0(n, generator=generator)[0]
+    accept = torch.empty(len(b) - 1, dtype=torch.float64)
+    if len(b) == 1:
+        with torch.no_grad():
+            U = potential(z)
+        return -U.to(torch.float64) - flow.q0.log_prob(z.to(torch.float64)), z, accept
     U, g = pg_raw(z)  # U and ∇U of the latent target at the current state (carried, as in run_hmc)
     log_w = torch.zeros(n, dtype=torch.float64, device=z.device)
-    accept = torch.empty(len(b) - 1, dtype=torch.float64)
     for k in range(1, len(b)):
         bk = float(b[k])
         ell = -U.to(torch.float64) - flow.q0.log_prob(z.to(torch.float64))  # ln p̃ − ln q at z
@@ -128,19 +135,19 @@ def annealed_importance(flow: Any, n_samples: int, *, stages: int = 16, n_leapfr
         signed = flow.z2 or w_fold is not None
         potential = latent_potential(flow, w_fold)
         pilot = None
-        if step_size is None:
+        if step_size is None and stages > 0:
             z0 = flow.q0(int(pilot_chains), generator=generator)[0]
             res = run_hmc(potential, z0, n_warmup=int(pilot_trajectories), n_samples=1, step_size=0.1,
                           n_leapfrog=int(n_leapfrog), target_accept=target_accept, generator=generator)
             pilot = float(res.step_size[0])
-        eps = pilot if step_size is None else float(step_size)
+        eps = pilot if step_size is None else float(step_size)  # None: stages = 0, no moves
         pg_raw = make_potential_and_grad(potential)
         log_ws, zs, accs = [], [], []
         left = int(n_samples)
         prog.start("annealed importance sampling", left)
         while left > 0:
             n = min(left, int(batch_size))
-            lw, z, acc = _anneal_batch(flow, pg_raw, b, eps, int(n_leapfrog), n, generator)
+            lw, z, acc = _anneal_batch(flow, potential, pg_raw, b, eps, int(n_leapfrog), n, generator)
             log_ws.append(lw), zs.append(z), accs.append(acc * n)
             left -= n
             prog.update(n)
@@ -151,9 +158,9 @@ def annealed_importance(flow: Any, n_samples: int, *, stages: int = 16, n_leapfr
                 x = random_sign(x, generator)
     log_w = torch.cat(log_ws)
     accept = torch.stack(accs).sum(dim=0) / int(n_samples)
-    prog.finish(f"ε = {eps:.3g}, mean acceptance {float(accept.mean()):.2f}")
-    return AnnealedDraws(log_w, x, z, eps, int(stages), int(n_leapfrog), accept, pilot,
-                         time.perf_counter() - t0, 1 + int(stages) * int(n_leapfrog), bool(signed))
+    prog.finish(f"ε = {eps:.3g}, mean acceptance {float(accept.mean()):.2f}" if stages else "")
+    return AnnealedDraws(log_w, x, z, eps, int(stages), int(n_leapfrog), accept, pilot, time.perf_counter() - t0,
+                         int(stages) * int(n_leapfrog) + (1 if stages else 0), bool(signed))
 
 
 def annealed_summary(flow: Any, draws: AnnealedDraws, generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -183,8 +190,10 @@ def annealed_summary(flow: Any, draws: AnnealedDraws, generator: torch.Generator
 def format_annealed(s: dict[str, Any]) -> str:
     """The printed line of an ``annealed_summary``: settings, ln Z/N (``format_is_estimate``) and
     the energy per site with its deviation from the exact value."""
-    text = (f"annealed importance sampling ({s['stages']} stages x {s['n_leapfrog']} leapfrog, "
-            f"step {s['step_size']:.3g}, {s['n_samples']} draws, {s['seconds']:.1f} s): {format_is_estimate(s)}")
+    how = (f"{s['stages']} stages x {s['n_leapfrog']} leapfrog, step {s['step_size']:.3g}" if s["stages"]
+           else "0 stages: the flow's own weights")
+    text = (f"annealed importance sampling ({how}, {s['n_samples']} draws, {s['seconds']:.1f} s): "
+            f"{format_is_estimate(s)}")
     e = s["observables"].get("energy_per_site")
     if e is not None:
         dev = s["deviation_sigma"].get("energy_per_site")
