@@ -79,16 +79,16 @@ def _half_sq(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * z.flatten(1).square().sum(dim=1)
 
 
-def _anneal_batch(flow: Any, potential, pg_raw, b: torch.Tensor, eps: float, n_leapfrog: int, n: int,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log w (n,) float64, z_K (n, L, L), acceptance (K,)) of n draws through the stages ``b``
-    (b = [0] alone: plain importance sampling, one potential evaluation and no gradient)."""
+def _anneal_batch(flow: Any, state_potential, pg_raw, b: torch.Tensor, eps: float, n_leapfrog: int, n: int,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log w (n,) float64, z_K, x_K = g(z_K) (n, L, L), acceptance (K,)) of n draws through the stages
+    ``b`` (b = [0] alone: plain importance sampling, one potential evaluation and no gradient)."""
     z = flow.q0(n, generator=generator)[0]
     accept = torch.empty(len(b) - 1, dtype=torch.float64)
     if len(b) == 1:
         with torch.no_grad():
-            U = potential(z)
-        return -U.to(torch.float64) - flow.q0.log_prob(z.to(torch.float64)), z, accept
+            U, x = state_potential(z)
+        return -U.to(torch.float64) - flow.q0.log_prob(z.to(torch.float64)), z, x, accept
     U, g = pg_raw(z)  # U and ∇U of the latent target at the current state (carried, as in run_hmc)
     log_w = torch.zeros(n, dtype=torch.float64, device=z.device)
     for k in range(1, len(b)):
@@ -111,7 +111,9 @@ def _anneal_batch(flow: Any, potential, pg_raw, b: torch.Tensor, eps: float, n_l
         U = torch.where(acc, raw["U"], U)
         g = torch.where(acc.reshape((-1,) + (1,) * (z.dim() - 1)), raw["g"], g)
         accept[k - 1] = float(prob.mean())
-    return log_w, z.detach(), accept
+    with torch.no_grad():
+        x = flow.forward(z)
+    return log_w, z.detach(), x, accept
 
 
 def annealed_importance(flow: Any, n_samples: int, *, stages: int = 16, n_leapfrog: int = 5,
@@ -142,21 +144,18 @@ def annealed_importance(flow: Any, n_samples: int, *, stages: int = 16, n_leapfr
             pilot = float(res.step_size[0])
         eps = pilot if step_size is None else float(step_size)  # None: stages = 0, no moves
         pg_raw = make_potential_and_grad(potential)
-        log_ws, zs, accs = [], [], []
+        state_potential = latent_potential(flow, w_fold, with_state=True)
+        log_ws, zs, xs, accs = [], [], [], []
         left = int(n_samples)
         prog.start("annealed importance sampling", left)
         while left > 0:
             n = min(left, int(batch_size))
-            lw, z, acc = _anneal_batch(flow, potential, pg_raw, b, eps, int(n_leapfrog), n, generator)
-            log_ws.append(lw), zs.append(z), accs.append(acc * n)
+            lw, z, x, acc = _anneal_batch(flow, state_potential, pg_raw, b, eps, int(n_leapfrog), n, generator)
+            log_ws.append(lw), zs.append(z), xs.append(random_sign(x, generator) if signed else x)
+            accs.append(acc * n)
             left -= n
             prog.update(n)
-        z = torch.cat(zs)
-        with torch.no_grad():
-            x = flow.forward(z)
-            if signed:
-                x = random_sign(x, generator)
-    log_w = torch.cat(log_ws)
+    log_w, z, x = torch.cat(log_ws), torch.cat(zs), torch.cat(xs)
     accept = torch.stack(accs).sum(dim=0) / int(n_samples)
     prog.finish(f"ε = {eps:.3g}, mean acceptance {float(accept.mean()):.2f}" if stages else "")
     return AnnealedDraws(log_w, x, z, eps, int(stages), int(n_leapfrog), accept, pilot, time.perf_counter() - t0,

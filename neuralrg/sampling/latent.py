@@ -25,20 +25,22 @@ from ..physics.fold import fold_log_weight, fold_phi
 from ..physics.target import LatticeTarget
 
 
-def latent_potential(flow: NeuralRGFlow, fold: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def latent_potential(flow: NeuralRGFlow, fold: torch.Tensor | None = None, with_state: bool = False
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
     """U(z) for latent-space HMC with ``flow``, shape (C,): Z2 and the sign fold ``fold`` (a weight,
-    scalar or (L, L); the plain q is then used whatever ``flow.z2`` says) as described above."""
+    scalar or (L, L); the plain q is then used whatever ``flow.z2`` says) as described above.
+    ``with_state``: the callable returns (U, x = g(z)) instead (one flow pass for both)."""
     target = flow.target
 
-    def potential(z: torch.Tensor) -> torch.Tensor:
+    def potential(z: torch.Tensor):
         x, log_det = flow.forward_and_log_det(z)
         u = target.energy(x) - log_det
         if fold is not None:
-            return u - fold_log_weight(x, fold)
-        if flow.z2:  # + ln q_sym(x) − ln q(x)
+            u = u - fold_log_weight(x, fold)
+        elif flow.z2:  # + ln q_sym(x) − ln q(x)
             log_q, log_q_sym = flow.forward_densities(z, x, log_det)
             u = u + log_q_sym - log_q
-        return u
+        return (u, x) if with_state else u
 
     return potential
 
