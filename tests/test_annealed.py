@@ -172,3 +172,16 @@ def test_run_sampling_reports_annealed_importance(run_dir, tmp_path):
                                     out_dir=str(tmp_path / "out2"), device="cpu", figures=False,
                                     annealed={"samples": 0})
     assert "annealed_importance" not in skipped
+
+
+@pytest.mark.parametrize("z2, fold", [(False, None), (True, None), (False, 0.8)])
+def test_latent_potential_with_state_returns_the_same_potential_and_x(z2, fold):
+    from neuralrg.sampling.latent import latent_potential
+
+    flow = tiny_trained_flow(z2=z2)
+    w = None if fold is None else torch.tensor(fold, dtype=torch.float64)
+    z = torch.randn((5, 4, 4), dtype=torch.float64, generator=gen(0))
+    with torch.no_grad():
+        U, x = latent_potential(flow, w, with_state=True)(z)
+        torch.testing.assert_close(U, latent_potential(flow, w)(z), rtol=0, atol=0)
+        torch.testing.assert_close(x, flow.forward(z), rtol=0, atol=1e-12)
