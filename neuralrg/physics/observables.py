@@ -134,7 +134,7 @@ def pair_overlap_moments(x: Tensor) -> dict[str, Tensor]:
     x (B, L, L) with B even: chain 2i and chain 2i+1 are the replicas of pair i (they must be
     independent draws: independent chains, or independent flow samples). Returns ``q2``, ``q4``
     shaped (B,), entries 2i and 2i+1 both carrying pair i's value (``summarize_overlap`` reads
-    the even chains).
+    the even chains; ``PAIR_KEYS`` names these keys for weighted estimators).
     """
     N = _check_lattice_tensor(x, "x")
     B = x.shape[0]
@@ -146,7 +146,7 @@ def pair_overlap_moments(x: Tensor) -> dict[str, Tensor]:
     # Var(σ) = 1 − τ² = v_a + v_b − v_a v_b, without the cancellation at |τ| → 1
     va, vb = v[0::2], v[1::2]
     mom = _sum_moments(tau, va + vb - va * vb, N)
-    return {"q2": mom["m2"].repeat_interleave(2), "q4": mom["m4"].repeat_interleave(2)}  # PAIR_KEYS
+    return {"q2": mom["m2"].repeat_interleave(2), "q4": mom["m4"].repeat_interleave(2)}
 
 
 def spin_moments(s: Tensor, Jx: Tensor | None = None, Jy: Tensor | None = None) -> dict[str, Tensor]:

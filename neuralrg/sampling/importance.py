@@ -63,7 +63,7 @@ def log_weight_summary(log_w: torch.Tensor, n_sites: int, exact_log_z: float | N
     (Pareto-smoothed ln Ẑ/N, None where k̂ ≥ 0.7).
     """
     log_w = log_w.to(torch.float64)
-    f = -log_w
+    f = -log_w  # per draw: ln q − ln p̃ (the flow's), or the work of an annealed draw
     M = f.numel()
     out: dict[str, float] = {
         "free_energy_per_site": float(f.mean()) / n_sites,

@@ -26,13 +26,13 @@ from ..physics.target import LatticeTarget
 
 
 def latent_potential(flow: NeuralRGFlow, fold: torch.Tensor | None = None, with_state: bool = False
-                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+                     ) -> Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """U(z) for latent-space HMC with ``flow``, shape (C,): Z2 and the sign fold ``fold`` (a weight,
     scalar or (L, L); the plain q is then used whatever ``flow.z2`` says) as described above.
     ``with_state``: the callable returns (U, x = g(z)) instead (one flow pass for both)."""
     target = flow.target
 
-    def potential(z: torch.Tensor):
+    def potential(z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x, log_det = flow.forward_and_log_det(z)
         u = target.energy(x) - log_det
         if fold is not None:
