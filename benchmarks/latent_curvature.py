@@ -5,7 +5,9 @@
 For each trained flow: exact draws x ~ p from physical HMC (64 chains, 300 + 600 trajectories,
 thinned), mapped to latents z = g⁻¹(x) (exact draws of the latent target when the Z2-symmetrised
 potential is used). Then, from those z with fresh momenta: the energy error ΔH of one 10-step
-leapfrog trajectory for several ε (acceptance, median / 90% / 99% of |ΔH|), and at 16 of the z
+leapfrog trajectory for several ε (acceptance, median / 90% / 99% of |ΔH|); the same with only one RG
+level's latents moving (which level sets the step); |ΔH| after 10, 40 and 160 steps at half the largest
+ε with acceptance ≥ 0.9 (bounded for a smooth potential, growing where the force jumps); and at 16 of the z
 the Hessian eigenvalue of largest magnitude of U(z) = E(g(z)) − ln|det ∂g/∂z| (without the Z2 term), by
 power iteration on Hessian-vector products, with the share of its eigenvector on each RG level
 and its participation ratio (1 = one latent site). Also E[(∂U/∂z_i)²] per level, which equals
@@ -27,6 +29,17 @@ from neuralrg.sampling.latent import latent_potential, physical_potential_and_gr
 
 RESULTS = Path(__file__).parent / "results"
 EPS = (0.05, 0.1, 0.2, 0.3, 0.5)
+LEVEL_EPS = (0.05, 0.1, 0.2, 0.4)
+LENGTH_STEPS = (10, 40, 160)
+
+
+def _energy_error(z, p0, U, g, pg, eps: float, n_steps: int, mask=None) -> dict:
+    """Acceptance and |ΔH| quantiles of one leapfrog trajectory from every row of z."""
+    _, p1, U1, _ = leapfrog(z, p0, g, pg, eps, n_steps, mask=mask)
+    dH = (U1 + kinetic_energy(p1) - U - kinetic_energy(p0)).nan_to_num(1e9)
+    q = torch.quantile(dH.abs().double(), torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
+    return {"eps": eps, "n_steps": n_steps, "accept": float(torch.exp(torch.clamp(-dH, max=0)).mean()),
+            "abs_dH_median": float(q[0]), "abs_dH_p90": float(q[1]), "abs_dH_p99": float(q[2])}
 
 
 def exact_latents(flow, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -76,11 +89,17 @@ def analyse(run: str, n: int, generator: torch.Generator) -> dict:
            "leapfrog": []}
     p0 = torch.randn(z.shape, dtype=z.dtype, generator=generator)
     for eps in EPS:
-        _, p1, U1, _ = leapfrog(z, p0, g, pg, eps, 10)
-        dH = (U1 + kinetic_energy(p1) - U - kinetic_energy(p0)).nan_to_num(1e9)
-        q = torch.quantile(dH.abs().double(), torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64))
-        out["leapfrog"].append({"eps": eps, "accept": float(torch.exp(torch.clamp(-dH, max=0)).mean()),
-                                "abs_dH_median": float(q[0]), "abs_dH_p90": float(q[1]), "abs_dH_p99": float(q[2])})
+        out["leapfrog"].append(_energy_error(z, p0, U, g, pg, eps, 10))
+    # which level sets the step: only level k's latents move (the others and their momenta held)
+    out["leapfrog_per_level"] = []
+    for k in range(flow.n_levels):
+        mask = (lv == k).expand(z.shape)
+        pk = torch.where(mask, p0, torch.zeros((), dtype=p0.dtype))
+        out["leapfrog_per_level"].append([dict(_energy_error(z, pk, U, g, pg, eps, 10, mask=mask), level=k,
+                                               n_latents=int((lv == k).sum())) for eps in LEVEL_EPS])
+    # does the error oscillate (a shadow Hamiltonian) or grow with the trajectory's length?
+    eps_len = min((r["eps"] for r in out["leapfrog"] if r["accept"] < 0.9), default=EPS[-1]) / 2
+    out["leapfrog_length"] = [_energy_error(z, p0, U, g, pg, eps_len, n) for n in LENGTH_STEPS]
     flow.z2 = False  # the Z2 term is ≈ constant away from m ≈ 0, and its double backward is unstable
     lam, v = top_curvature(latent_potential(flow), z[:16], generator=generator)
     out["top_curvature"] = sorted((float(x) for x in lam), key=abs)  # signed, by |λ|
@@ -112,6 +131,13 @@ def main() -> None:
         for row in r["leapfrog"]:
             print(f"  {row['eps']:<5} {row['accept']:6.3f}  {row['abs_dH_median']:9.3g} {row['abs_dH_p90']:8.3g} "
                   f"{row['abs_dH_p99']:8.3g}")
+        print("  one level moving (10 steps): level  n   " + "  ".join(f"acc@{e:<4}" for e in LEVEL_EPS))
+        for rows in r["leapfrog_per_level"]:
+            print(f"                              {rows[0]['level']:<5} {rows[0]['n_latents']:<4} "
+                  + "  ".join(f"{row['accept']:8.3f}" for row in rows))
+        print(f"  trajectory length at eps {r['leapfrog_length'][0]['eps']:.3g}: "
+              + ", ".join(f"{row['n_steps']} steps |dH| median {row['abs_dH_median']:.3g} acc {row['accept']:.3f}"
+                          for row in r["leapfrog_length"]))
         tc = [abs(c) for c in r["top_curvature"]]
         print(f"  local |λ|max of the Hessian at 16 points: smallest {tc[0]:.1f}, median {tc[8]:.1f}, largest {tc[-1]:.1f}; "
               f"eigenvector share per level " + " ".join(f"{s:.2f}" for s in r["top_vector_level_share"])

@@ -29,15 +29,15 @@ from .model import NeuralRGFlow
 from .gauge import SignGauge
 from .precondition import GaussianPreconditioner
 from ..physics.fold import order_gauge_tensor
-from .spline import check_spline_args
+from .spline import check_spline_args, check_transform
 from .wavelet import check_skeleton
 
 #: the default plaquette block, and the arguments older configs held at top level
 DEFAULT_BLOCK = "neuralrg.flows.coupling:PlaquetteBijector"
 BLOCK_KEYS = ("n_couplings", "hidden", "n_hidden_layers", "scale_bound", "activation")
-#: arguments only some block classes take (the spline block's n_bins / tail_bound, the context block's
-#: radius), stored only when given
-EXTRA_BLOCK_KEYS = ("n_bins", "tail_bound", "radius")
+#: arguments only some block classes take (the spline block's n_bins / tail_bound / transform, the context
+#: block's radius), stored only when given
+EXTRA_BLOCK_KEYS = ("n_bins", "tail_bound", "transform", "radius")
 
 
 def _positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -76,7 +76,7 @@ def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
     ``block``: None (the default ``PlaquetteBijector``), a spec dict, a class or dotted path, or a
     ``functools.partial`` of a class (hydra ``_partial_``); ``kwargs`` (n_couplings, hidden,
     n_hidden_layers, scale_bound, activation) override the spec's arguments. The spline block's
-    n_bins / tail_bound and the context block's radius are kept only when given, and refused by a
+    n_bins / tail_bound / transform and the context block's radius are kept only when given, and refused by a
     class that does not take them. ``hidden`` is stored as a list of widths (an int is repeated
     ``n_hidden_layers`` times).
     """
@@ -122,6 +122,8 @@ def block_spec(block: Any = None, **kwargs: Any) -> dict[str, Any]:
     out["scale_bound"] = float(sb)
     if "n_bins" in extra or "tail_bound" in extra:
         out["n_bins"], out["tail_bound"] = check_spline_args(extra.get("n_bins", 8), extra.get("tail_bound", 5.0))
+    if "transform" in extra:
+        out["transform"] = check_transform(extra["transform"])
     if "radius" in extra:
         out["radius"] = check_radius(extra["radius"])
     return {"class": path, "kwargs": out}

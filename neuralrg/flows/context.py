@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .coupling import PARTITIONS, PlaquetteBijector, PlaquetteCoupling
-from .spline import SplinePlaquetteBijector, SplinePlaquetteCoupling, check_spline_args
+from .spline import SplinePlaquetteBijector, SplinePlaquetteCoupling, check_spline_args, check_transform
 
 __all__ = ["ContextPlaquetteCoupling", "ContextPlaquetteBijector", "ContextSplinePlaquetteCoupling",
            "ContextSplinePlaquetteBijector"]
@@ -127,8 +127,9 @@ class ContextSplinePlaquetteCoupling(SplinePlaquetteCoupling):
     plaquettes, as in ``ContextPlaquetteCoupling``. Input (B, m, m, 4)."""
 
     def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
-                 activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0, radius: int = 1) -> None:
-        super().__init__(partition, hidden, scale_bound, activation, n_bins, tail_bound)
+                 activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0, radius: int = 1,
+                 transform: str = "rational_quadratic") -> None:
+        super().__init__(partition, hidden, scale_bound, activation, n_bins, tail_bound, transform)
         widen_first_layer(self, partition, radius)
 
     def _first(self, y: torch.Tensor) -> torch.Tensor:
@@ -138,16 +139,18 @@ class ContextSplinePlaquetteCoupling(SplinePlaquetteCoupling):
 class ContextSplinePlaquetteBijector(SplinePlaquetteBijector):
     """``SplinePlaquetteBijector`` of ``ContextSplinePlaquetteCoupling``s; tensors (B, m, m, 4), log_det (B, m, m).
 
-    Arguments: the spline block's plus ``radius``.
+    Arguments: the spline block's (``transform`` included) plus ``radius``.
     """
 
     grid = True
 
     def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0,
-                 activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0, radius: int = 1) -> None:
+                 activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0, radius: int = 1,
+                 transform: str = "rational_quadratic") -> None:
         n_bins, tail_bound = check_spline_args(n_bins, tail_bound)
         check_radius(radius)
+        check_transform(transform)
         nn.Module.__init__(self)
         self.couplings = nn.ModuleList(
-            ContextSplinePlaquetteCoupling(i, hidden, scale_bound, activation, n_bins, tail_bound, radius)
+            ContextSplinePlaquetteCoupling(i, hidden, scale_bound, activation, n_bins, tail_bound, radius, transform)
             for i in range(n_couplings))

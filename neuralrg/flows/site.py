@@ -25,7 +25,7 @@ from torch import nn
 
 from .context import (ContextPlaquetteBijector, ContextPlaquetteCoupling, ContextSplinePlaquetteBijector,
                       ContextSplinePlaquetteCoupling, check_radius)
-from .spline import check_spline_args
+from .spline import check_spline_args, check_transform
 
 __all__ = ["SitePlaquetteCoupling", "SitePlaquetteBijector", "SiteSplinePlaquetteCoupling",
            "SiteSplinePlaquetteBijector"]
@@ -86,8 +86,8 @@ class SiteSplinePlaquetteCoupling(ContextSplinePlaquetteCoupling):
 
     def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
                  activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0, radius: int = 1,
-                 grid_size: int = 1) -> None:
-        super().__init__(partition, hidden, scale_bound, activation, n_bins, tail_bound, radius)
+                 grid_size: int = 1, transform: str = "rational_quadratic") -> None:
+        super().__init__(partition, hidden, scale_bound, activation, n_bins, tail_bound, radius, transform)
         add_site_bias(self, grid_size)
 
     def _first(self, y: torch.Tensor) -> torch.Tensor:
@@ -97,7 +97,7 @@ class SiteSplinePlaquetteCoupling(ContextSplinePlaquetteCoupling):
 class SiteSplinePlaquetteBijector(ContextSplinePlaquetteBijector):
     """``ContextSplinePlaquetteBijector`` of ``SiteSplinePlaquetteCoupling``s for an m × m grid (``grid_size``).
 
-    The context spline block's arguments plus ``grid_size`` (≥ 1), which ``mera_layers`` supplies;
+    The context spline block's arguments (``transform`` included) plus ``grid_size`` (≥ 1), which ``mera_layers`` supplies;
     tensors (B, m, m, 4), log_det (B, m, m).
     """
 
@@ -105,11 +105,13 @@ class SiteSplinePlaquetteBijector(ContextSplinePlaquetteBijector):
 
     def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0,
                  activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0, radius: int = 1,
-                 grid_size: int = 1) -> None:
+                 grid_size: int = 1, transform: str = "rational_quadratic") -> None:
         n_bins, tail_bound = check_spline_args(n_bins, tail_bound)
         check_radius(radius)
         check_grid_size(grid_size)
+        check_transform(transform)
         nn.Module.__init__(self)
         self.couplings = nn.ModuleList(
-            SiteSplinePlaquetteCoupling(i, hidden, scale_bound, activation, n_bins, tail_bound, radius, grid_size)
+            SiteSplinePlaquetteCoupling(i, hidden, scale_bound, activation, n_bins, tail_bound, radius, grid_size,
+                                        transform)
             for i in range(n_couplings))

@@ -13,7 +13,8 @@ shape of the conditional (an affine coupling can only shift and rescale it, so a
 marginal costs it many layers); the affine part keeps the scales of the upper RG levels, whose
 values lie far outside [−B, B]. One masked MLP per coupling gives all of s, t and θ; its last
 layer starts at zero and the derivative parameters are offset so that a new coupling is the
-identity. The spline is C¹ (its second derivative jumps at the knots): smooth enough for latent HMC.
+identity. The spline is C¹ (its second derivative jumps at the knots), so latent HMC's force jumps there;
+``transform="smooth"`` puts the C^∞ map of ``smooth.smooth_monotone`` (n_bins tanh steps) in its place.
 
 The spline is evaluated here rather than by ``normflows.utils.splines``, which asserts D ≥ 0 on the
 host (a device sync per call, and a failure when rounding makes D slightly negative) and splits the
@@ -33,8 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .coupling import PARTITIONS, PlaquetteBijector, PlaquetteCoupling
+from .smooth import smooth_monotone, smooth_monotone_size
 
-__all__ = ["SplinePlaquetteCoupling", "SplinePlaquetteBijector", "check_spline_args", "rational_quadratic"]
+__all__ = ["SplinePlaquetteCoupling", "SplinePlaquetteBijector", "check_spline_args", "check_transform",
+           "rational_quadratic", "TRANSFORMS"]
 
 _MIN_BIN = 1e-3          # smallest bin width and height, as a fraction of 2B
 _MIN_DERIVATIVE = 1e-3   # smallest knot slope
@@ -94,6 +97,28 @@ def rational_quadratic(v: torch.Tensor, raw_widths: torch.Tensor, raw_heights: t
     return torch.where(inside, out, v), torch.where(inside, log_slope, torch.zeros_like(v))
 
 
+def _rq_raw(v: torch.Tensor, raw: torch.Tensor, bound: float, inverse: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rational_quadratic`` with its raw numbers in one (..., 3K − 1) tensor: widths, heights, knot
+    slopes (the slopes offset so that zero raw numbers give the identity)."""
+    K = (raw.shape[-1] + 1) // 3
+    w, h, d = raw.split([K, K, K - 1], dim=-1)
+    return rational_quadratic(v, w, h, d + _IDENTITY_DERIVATIVE, bound, inverse)
+
+
+#: the element-wise monotone maps a spline coupling can use: name → (raw numbers per element for
+#: n_bins, the map (v, raw, bound, inverse) → (out, log|slope|))
+TRANSFORMS = {"rational_quadratic": (lambda K: 3 * K - 1, _rq_raw),
+              "smooth": (smooth_monotone_size, smooth_monotone)}
+
+
+def check_transform(transform: object) -> str:
+    """``transform`` as a key of ``TRANSFORMS``, or a ValueError listing them."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {sorted(TRANSFORMS)}, got {transform!r}")
+    return str(transform)
+
+
 def check_spline_args(n_bins: object, tail_bound: object) -> tuple[int, float]:
     """(n_bins, tail_bound) validated: an integer 2…64 and a number in (0, 100]; else a ValueError."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or not 2 <= n_bins <= 64:
@@ -107,14 +132,19 @@ class SplinePlaquetteCoupling(PlaquetteCoupling):
     """Spline-then-affine coupling of the two updated channels of (P, 4) rows.
 
     Reuses the parent's masked input layer, hidden layers and bounded log-scale amplitude; the
-    last layer gives, per updated channel, n_bins widths, n_bins heights, n_bins − 1 interior
-    knot slopes, the log-scale and the shift (3·n_bins + 1 numbers).
+    last layer gives, per updated channel, the element-wise map's raw numbers (rational quadratic:
+    n_bins widths, n_bins heights, n_bins − 1 interior knot slopes; smooth: 3 per tanh step),
+    the log-scale and the shift.
     """
 
     def __init__(self, partition: int, hidden: Sequence[int], scale_bound: float = 2.0,
-                 activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0) -> None:
+                 activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0,
+                 transform: str = "rational_quadratic") -> None:
         super().__init__(partition, hidden, scale_bound, activation)
         self.n_bins, self.tail_bound = check_spline_args(n_bins, tail_bound)
+        self.transform = check_transform(transform)
+        n_raw, self._map = TRANSFORMS[self.transform]
+        self.n_raw = n_raw(self.n_bins)
         upd, cond = PARTITIONS[partition % len(PARTITIONS)]
         self.upd, self.cond = list(upd), list(cond)
         # 0/1 selection matrices instead of indexing: y_u = y·pick, y' = y·keep + y_u'·pickᵀ (exact in
@@ -125,7 +155,7 @@ class SplinePlaquetteCoupling(PlaquetteCoupling):
         keep[self.cond] = 1.0
         self.register_buffer("pick", pick, persistent=False)
         self.register_buffer("keep", keep, persistent=False)
-        n_per = 3 * self.n_bins + 1
+        n_per = self.n_raw + 2
         self.last = nn.Linear(self.last.in_features, 2 * n_per)
         nn.init.zeros_(self.last.weight)
         nn.init.zeros_(self.last.bias)
@@ -133,29 +163,28 @@ class SplinePlaquetteCoupling(PlaquetteCoupling):
         self.scale_amp = nn.Parameter(torch.full((2,), float(scale_bound)))
 
     def extra_repr(self) -> str:
-        return f"updated={self.upd}, n_bins={self.n_bins}, tail_bound={self.tail_bound}"
+        return (f"updated={self.upd}, n_bins={self.n_bins}, tail_bound={self.tail_bound}"
+                + ("" if self.transform == "rational_quadratic" else f", transform={self.transform}"))
 
     def _params(self, y: torch.Tensor):
         h = self.act(self._first(y))  # the parent's masked first layer (a subclass may widen its view)
         for lin in self.hidden:
             h = self.act(lin(h))
-        K = self.n_bins
-        w, hgt, d, s_raw, t = self.last(h).view(*y.shape[:-1], 2, 3 * K + 1).split([K, K, K - 1, 1, 1], dim=-1)
+        raw, s_raw, t = self.last(h).view(*y.shape[:-1], 2, self.n_raw + 2).split([self.n_raw, 1, 1], dim=-1)
         s = self.scale_amp * (2.0 * torch.sigmoid(s_raw.squeeze(-1)) - 1.0)
-        return w, hgt, d + _IDENTITY_DERIVATIVE, s, t.squeeze(-1)
+        return raw, s, t.squeeze(-1)
 
     def _assemble(self, y: torch.Tensor, new_u: torch.Tensor) -> torch.Tensor:
         return y * self.keep + new_u @ self.pick.T
 
     def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w, hgt, d, s, t = self._params(y)
-        u, ld = rational_quadratic(y @ self.pick, w, hgt, d, self.tail_bound)
+        raw, s, t = self._params(y)
+        u, ld = self._map(y @ self.pick, raw, self.tail_bound)
         return self._assemble(y, u * torch.exp(s) + t), (ld + s).sum(dim=-1)
 
     def inverse(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w, hgt, d, s, t = self._params(y)  # conditioning channels are unchanged by forward
-        u, ld = rational_quadratic((y @ self.pick - t) * torch.exp(-s), w, hgt, d, self.tail_bound,
-                                   inverse=True)
+        raw, s, t = self._params(y)  # conditioning channels are unchanged by forward
+        u, ld = self._map((y @ self.pick - t) * torch.exp(-s), raw, self.tail_bound, inverse=True)
         return self._assemble(y, u), (ld - s).sum(dim=-1)
 
 
@@ -164,13 +193,15 @@ class SplinePlaquetteBijector(PlaquetteBijector):
 
     ``n_couplings`` complementary couplings (partitions as in ``PlaquetteBijector``); ``hidden``:
     MLP hidden widths; ``activation``: a key of ``coupling.ACTIVATIONS``; ``n_bins`` spline bins on
-    [−tail_bound, tail_bound]. Rows are plaquettes, shape (P, 4); forward/inverse are inherited.
+    [−tail_bound, tail_bound] (``transform``: a key of ``TRANSFORMS``; "smooth" for n_bins
+    C^∞ components instead). Rows are plaquettes, shape (P, 4); forward/inverse are inherited.
     """
 
     def __init__(self, n_couplings: int, hidden: Sequence[int], scale_bound: float = 2.0,
-                 activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0) -> None:
+                 activation: str = "leaky_relu", n_bins: int = 8, tail_bound: float = 5.0,
+                 transform: str = "rational_quadratic") -> None:
         super().__init__(n_couplings, hidden, scale_bound, activation)
         self.couplings = nn.ModuleList(
-            SplinePlaquetteCoupling(i, hidden, scale_bound, activation, n_bins, tail_bound)
+            SplinePlaquetteCoupling(i, hidden, scale_bound, activation, n_bins, tail_bound, transform)
             for i in range(n_couplings)
         )

@@ -97,7 +97,9 @@ def _settings(flow: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         block = c.get("block") or {}
         kw = block.get("kwargs") or {}
         dec = c.get("decimator_block") or {}
+        spline = "Spline" in str(block.get("class"))  # older spline configs hold no transform: the spline's
         structure.update({"block class": block.get("class"), "activation": kw.get("activation"),
+                          "transform": kw.get("transform", "rational_quadratic") if spline else None,
                           "decimator block class": dec.get("class")})
         return structure, {"hidden": kw.get("hidden"), "decimator hidden": (dec.get("kwargs") or {}).get("hidden")}
     structure["activation"] = c.get("activation")
@@ -106,7 +108,7 @@ def _settings(flow: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def check_compatible(src: Any, dst: Any, what: str = "source") -> None:
     """ValueError naming the setting unless ``src``'s tensors mean the same in ``dst``: same kind,
-    level sharing, skeleton, preconditioner, block class and activation (``_settings``)."""
+    level sharing, skeleton, preconditioner, block class, activation and element-wise map (``_settings``)."""
     a, b = _settings(src)[0], _settings(dst)[0]
     for key in a:
         if a[key] != b[key]:
