@@ -14,8 +14,9 @@ Why it exists: the rational-quadratic spline (``spline.rational_quadratic``) is 
 force −∇U(z), which contains the derivative of ln f', jumps wherever a latent crosses a knot, and
 leapfrog's energy error grows along a trajectory instead of staying bounded. This map has every
 derivative, so latent HMC's integrator keeps a shadow Hamiltonian (docs/benchmarks.md, "A smooth
-element-wise map"). The inverse has no closed form: step by step from f_K down, 10 bisections in the
-bracket [y − |a|σ, y + |a|σ] and then 4 Newton steps kept inside it (converged to rounding in float64).
+element-wise map"). The inverse has no closed form: step by step from f_K down, 5 Halley steps from the
+linearised root, kept inside the bracket [y − |a|σ, y + |a|σ] (converged to rounding in float64 over
+the whole parameter range: 4 already reach it on 2·10⁵ random cases).
 Its gradients follow the implicit function theorem, through one last Newton step per step on the
 detached root (exact first derivatives in the input and the parameters).
 """
@@ -32,8 +33,7 @@ _MIN_SLOPE = 1e-3       # δ
 _SOFT_CLAMP = 4.0       # c: raw amplitudes and widths pass through c·tanh(·/c)
 _MIN_WIDTH = 0.05
 _WIDTH_OFFSET = math.log(math.expm1(1.0 - _MIN_WIDTH))  # softplus(offset) = 1 − min width: width 2B/K at zero
-_BISECTIONS = 10
-_NEWTON = 4
+_HALLEY = 5
 
 
 def smooth_monotone_size(n_steps: int) -> int:
@@ -61,19 +61,18 @@ def _step(u: torch.Tensor, a: torch.Tensor, mu: torch.Tensor, sigma: torch.Tenso
 
 
 def _invert_step(y: torch.Tensor, a: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """u with f_i(u) = y (no gradients): bisections in the bracket [y − |a|σ, y + |a|σ], then Newton
-    steps kept inside the last bracket; fixed numbers of both."""
-    reach = a.abs() * sigma
-    lo, hi = y - reach, y + reach
-    for _ in range(_BISECTIONS):
-        mid = 0.5 * (lo + hi)
-        above = _step(mid, a, mu, sigma)[0] > y
-        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
-    u = 0.5 * (lo + hi)
-    for _ in range(_NEWTON):
-        fu, du = _step(u, a, mu, sigma)
-        u = torch.minimum(torch.maximum(u - (fu - y) / du, lo), hi)
-    return u
+    """u with f_i(u) = y (no gradients). In w = (u − μ)/σ the equation is w + a·tanh(w) = c, c = (y − μ)/σ,
+    with its root in [c − |a|, c + |a|]: Halley steps from the linearisation w = c/(1 + a), kept inside
+    that bracket; a fixed number of them."""
+    c = (y - mu) / sigma
+    lo, hi = c - a.abs(), c + a.abs()
+    w = torch.minimum(torch.maximum(c / (1.0 + a), lo), hi)
+    for _ in range(_HALLEY):
+        t = torch.tanh(w)
+        s = 1.0 - t * t
+        g, d, dd = w + a * t - c, 1.0 + a * s, -2.0 * a * t * s
+        w = torch.minimum(torch.maximum(w - 2.0 * g * d / (2.0 * d * d - g * dd), lo), hi)
+    return mu + sigma * w
 
 
 def smooth_monotone(v: torch.Tensor, raw: torch.Tensor, bound: float, inverse: bool = False
