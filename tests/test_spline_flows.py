@@ -60,10 +60,9 @@ def test_round_trip_and_log_det_against_autograd(direction):
         assert abs(torch.linalg.slogdet(J)[1].item() - ld[i].item()) <= 1e-10
 
 
-def test_mera_of_spline_blocks_is_exact_in_float64():
-    f = build_mera(IsingTarget(4, 0.44), block=SPLINE, n_couplings=2, hidden=8, activation="silu",
-                   precondition=True, skeleton="haar").to(DT)
-    assert sum(isinstance(m, SplinePlaquetteCoupling) for m in f.modules()) == 4 * 2
+def check_mera_is_exact(f) -> tuple[torch.Tensor, torch.Tensor]:
+    """Randomise the float64 L = 4 MERA f, then check its log-det against the autograd Jacobian and ln q(x) by
+    the inverse pass against the prior density and the forward log-det; returns (z, x)."""
     randomise(f, 0.15, 3)
     z = torch.randn(2, 4, 4, dtype=DT, generator=torch.Generator().manual_seed(0))
     x, ld = f.forward_and_log_det(z)
@@ -71,10 +70,17 @@ def test_mera_of_spline_blocks_is_exact_in_float64():
     J = torch.autograd.functional.jacobian(lambda v: f.forward_and_log_det(v.reshape(1, 4, 4))[0].reshape(-1),
                                            z[:1].reshape(-1))
     assert abs(torch.linalg.slogdet(J)[1].item() - ld[0].item()) <= 1e-9
-    # log q(x) by the inverse pass agrees with the prior density and the forward log-det
     lq = f.log_prob_unsymmetrised(x)
     prior = -0.5 * (z ** 2).sum(dim=(1, 2)) - 0.5 * 16 * torch.log(torch.tensor(2 * torch.pi, dtype=DT))
     assert (lq - (prior - ld)).abs().max() <= 1e-9
+    return z, x
+
+
+def test_mera_of_spline_blocks_is_exact_in_float64():
+    f = build_mera(IsingTarget(4, 0.44), block=SPLINE, n_couplings=2, hidden=8, activation="silu",
+                   precondition=True, skeleton="haar").to(DT)
+    assert sum(isinstance(m, SplinePlaquetteCoupling) for m in f.modules()) == 4 * 2
+    check_mera_is_exact(f)
 
 
 def test_spec_round_trip_rebuilds_the_same_flow():
