@@ -155,9 +155,11 @@ def main() -> None:
                         row[f"tau_{obs}_grads_err"] = row[f"tau_{obs}_err"] * sum(lf)
                 rows.append(row)
             print(f"L={L}{' (zero-shot)' if at_L else ''} done", flush=True)
-    same = ("leapfrog", "trajectory_length", "fold")
     for path in args.merge:
         other = json.loads(Path(path).read_text())
+        # the fold must agree only where a merged row's sampler takes one (physical HMC and Wolff do not)
+        folded = any("fold" in available()[r["sampler"]].defaults for r in other["rows"] if r["sampler"] in args.samplers)
+        same = ("leapfrog", "trajectory_length") + (("fold",) if folded else ())
         diff = {k: (other["settings"].get(k), getattr(args, k)) for k in same if other["settings"].get(k) != getattr(args, k)}
         if diff:
             raise SystemExit(f"{path}: settings differ from this run's {diff} (theirs, ours); not merged")
