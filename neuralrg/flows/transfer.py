@@ -97,9 +97,9 @@ def _settings(flow: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         block = c.get("block") or {}
         kw = block.get("kwargs") or {}
         dec = c.get("decimator_block") or {}
-        spline = "Spline" in str(block.get("class"))  # older spline configs hold no transform: the spline's
+        # configs without a transform (older spline runs, blocks without the option) mean the spline's
         structure.update({"block class": block.get("class"), "activation": kw.get("activation"),
-                          "transform": kw.get("transform", "rational_quadratic") if spline else None,
+                          "transform": kw.get("transform", "rational_quadratic"),
                           "decimator block class": dec.get("class")})
         return structure, {"hidden": kw.get("hidden"), "decimator hidden": (dec.get("kwargs") or {}).get("hidden")}
     structure["activation"] = c.get("activation")
