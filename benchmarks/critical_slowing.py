@@ -14,9 +14,10 @@ at L = 64 with the same parameters (zero-shot; its gap is reported, not its trai
 
 Fits τ ∝ L^z per sampler and observable by weighted least squares in log–log (z ± its standard
 error; windows that did not converge make τ a lower bound and are marked), also for τ counted in
-gradient evaluations (the exponent of the cost where the leapfrog count grows with L), and extrapolates the
-ESS/s ratios latent/physical and hybrid/physical HMC to the L where they cross 1 (if the fitted laws cross). Prints a
-table and writes benchmarks/results/critical_slowing<tag>.json.
+gradient evaluations (the exponent of the cost where the leapfrog count grows with L). The ESS/s ratios
+latent/physical and hybrid/physical HMC, for m² and E, get errors from the τ errors and a weighted power
+law in L, whose slope ± error and crossing of 1 (with its 1σ range) are printed. Prints a table and writes
+benchmarks/results/critical_slowing<tag>.json.
 """
 from __future__ import annotations
 
@@ -43,24 +44,47 @@ def tau_error(tau: float, window: int, n: int) -> float:
     return tau * math.sqrt(2.0 * (2 * window + 1) / max(n, 1))
 
 
-def ess_ratio(rows: list[dict], name: str) -> dict | None:
-    """ESS/s of sampler ``name`` over physical HMC's per L (trained rungs), the slope of its log against
-    ln L, and the L where that power law crosses 1 (None unless it rises towards 1)."""
+def ess_ratio(rows: list[dict], name: str, obs: str = "m2") -> dict | None:
+    """ESS/s of sampler ``name`` over physical HMC's per L (trained rungs) for ``obs`` (m2 or energy), each
+    with its error from the two τ errors (ESS ∝ 1/τ), and a weighted power law in L fitted to them:
+    its slope ± error, the L where it crosses 1 (extrapolated, or interpolated where a measured ratio
+    already passed 1) and that L's 1σ range (delta method). ``bounds`` marks ratios from unconverged
+    windows: "lower" (physical τ a lower bound), "upper" (the sampler's), "unknown" (both). None
+    with fewer than two common L."""
     nn = {r["L"]: r for r in rows if r["sampler"] == name and not r["zero_shot"]}
     phy = {r["L"]: r for r in rows if r["sampler"] == "physical_hmc" and not r["zero_shot"]}
     common = sorted(set(nn) & set(phy))
     if len(common) < 2:
         return None
-    ratio = [nn[L]["ess_per_second"] / phy[L]["ess_per_second"] for L in common]
-    slope, icpt = np.polyfit(np.log(common), np.log(ratio), 1)
-    return {"ratios": dict(zip(common, ratio)), "slope": float(slope),
-            "L_cross": float(math.exp(-icpt / slope)) if slope > 0 and ratio[-1] < 1 else None}
+
+    def ess(r: dict) -> float:  # ess_per_second is the order parameter's; the energy's has 1/τ_E instead of 1/τ_m2
+        return r["ess_per_second"] * (1.0 if obs == "m2" else r["tau_m2"] / r[f"tau_{obs}"])
+
+    def rel(r: dict) -> float:
+        return r[f"tau_{obs}_err"] / r[f"tau_{obs}"]
+
+    ratio = [ess(nn[L]) / ess(phy[L]) for L in common]
+    err = [q * math.hypot(rel(nn[L]), rel(phy[L])) for q, L in zip(ratio, common)]
+    kind = {(True, True): None, (True, False): "lower", (False, True): "upper", (False, False): "unknown"}
+    bounds = {L: kind[(nn[L][f"tau_{obs}_converged"], phy[L][f"tau_{obs}_converged"])] for L in common}
+    fit = fit_power(common, ratio, err)
+    a, b = fit["log_a"], fit["z"]
+    out = {"observable": obs, "ratios": dict(zip(common, ratio)), "errors": dict(zip(common, err)),
+           "bounds": bounds, "slope": b, "slope_err": fit["z_err"], "L_cross": None, "L_cross_range": None,
+           "crossed": any(q >= 1.0 for q in ratio)}
+    if b > 0:
+        ln_c = -a / b
+        c = fit["cov"]  # of (ln a, slope), scaled by the fit's scatter
+        var = c[0][0] / b**2 + a**2 * c[1][1] / b**4 - 2.0 * a * c[0][1] / b**3
+        s = math.sqrt(max(var, 0.0))
+        out["L_cross"], out["L_cross_range"] = math.exp(ln_c), [math.exp(ln_c - s), math.exp(ln_c + s)]
+    return out
 
 
 def fit_power(Ls: list[int], taus: list[float], errs: list[float]) -> dict:
     """τ = a L^z by weighted least squares of ln τ on ln L (weights 1/σ_lnτ²): z, its error."""
     if len(Ls) < 2:
-        return {"z": None, "z_err": None}
+        return {"z": None, "z_err": None, "log_a": None, "chi2_per_dof": None, "cov": None}
     x, y = np.log(Ls), np.log(taus)
     s = np.maximum(np.array(errs) / np.array(taus), 1e-3)
     w = 1.0 / s**2
@@ -72,7 +96,7 @@ def fit_power(Ls: list[int], taus: list[float], errs: list[float]) -> dict:
     dof = len(Ls) - 2
     scale = max(1.0, chi2 / dof) if dof > 0 else 1.0  # inflate by the fit's own scatter
     return {"z": float(coef[1]), "z_err": float(math.sqrt(cov[1, 1] * scale)), "log_a": float(coef[0]),
-            "chi2_per_dof": chi2 / dof if dof > 0 else None}
+            "chi2_per_dof": chi2 / dof if dof > 0 else None, "cov": (cov * scale).tolist()}
 
 
 def rung_dirs(args) -> dict[int, Path]:
@@ -179,8 +203,9 @@ def main() -> None:
                                     [r[f"tau_{obs}_grads_err"] for r in rs]),
                         "all_converged": all(r[f"tau_{obs}_converged"] for r in rs)}
     # ESS/s ratio neural/physical HMC against L: a power law fitted to the ratio, extrapolated to 1
-    crossings = {name: ess_ratio(rows, name) for name in ("latent_hmc", "hybrid") if name in args.samplers}
-    crossing = crossings.get("latent_hmc")
+    crossings = {f"{name}/{obs}": ess_ratio(rows, name, obs) for name in ("latent_hmc", "hybrid")
+                 if name in args.samplers for obs in ("m2", "energy")}
+    crossing = crossings.get("latent_hmc/m2")
     print(f"\n{'L':>4} {'sampler':<14} {'acc':>5} {'step':>6} {'leapfrog':>8} {'τ(m²)':>14} {'τ(E)':>14} "
           f"{'µs/(traj·site)':>15} {'ESS/s':>8} {'gap/N':>8}")
     for r in rows:
@@ -194,15 +219,23 @@ def main() -> None:
     print("\ndynamic exponents τ ∝ L^z (τ in trajectories; '/grads': in gradient evaluations, the cost's exponent):")
     for k, f in fits.items():
         print(f"  {k:<22} z = {f['z']:.2f} ± {f['z_err']:.2f}{'' if f['all_converged'] else '  (some windows unconverged: lower bounds)'}")
+    flag = {None: "", "lower": "≥", "upper": "≤", "unknown": "?"}
     for name, c in crossings.items():
         if c is None:
             continue
-        ratios = ", ".join(f"L={L}: {v:.3g}" for L, v in c["ratios"].items())
-        cross = "n/a" if c["L_cross"] is None else f"{c['L_cross']:.0f}"
-        print(f"ESS/s {name}/physical: {ratios}; slope in ln L {c['slope']:.2f}; crosses 1 at L ≈ {cross}")
+        ratios = ", ".join(f"L={L}: {flag[c['bounds'][L]]}{v:.3g}±{c['errors'][L]:.2g}" for L, v in c["ratios"].items())
+        if c["L_cross"] is None:
+            cross = "no crossing (the ratio does not rise)"
+        else:
+            lo, hi = c["L_cross_range"]
+            how = "interpolated, a measured ratio passed 1" if c["crossed"] else "extrapolated"
+            cross = f"crosses 1 at L ≈ {c['L_cross']:.0f} (1σ {lo:.0f}–{hi:.0f}, {how})"
+        print(f"ESS/s {name} over physical HMC: {ratios}; slope in ln L {c['slope']:.2f} ± {c['slope_err']:.2f}; {cross}")
+    print("('≥' / '≤': a τ window did not converge, the ratio is a bound; '?': both did not)")
     out = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
            "load_average_at_end": os.getloadavg(), "settings": vars(args), "rows": rows, "fits": fits,
-           "ess_ratio": crossing, "ess_ratio_hybrid": crossings.get("hybrid")}
+           "ess_ratio": crossing, "ess_ratio_hybrid": crossings.get("hybrid/m2"),
+           "ess_ratios": crossings}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"critical_slowing{args.tag}.json"
     path.write_text(json.dumps(out, indent=1, default=str))

@@ -390,3 +390,42 @@ def test_latent_hmc_chains_that_do_not_fit_are_refused_before_sampling(tmp_path)
         run_sampling(run=str(ckpt), samplers=["physical_hmc", "latent_hmc"], settings={"n_chains": 4096},
                      out_dir=str(out), memory_limit="32MiB")
     assert not out.exists()
+
+
+def _critical_slowing_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "critical_slowing.py"
+    spec = importlib.util.spec_from_file_location("critical_slowing", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ess_ratio_crossing_and_its_errors() -> None:
+    """benchmarks/critical_slowing.ess_ratio on rows with a known law: latent/physical ESS/s = (L/100)^0.5
+    for m² and half that for E, so the fit must give slope 0.5 and a crossing at L = 100 (E: 400); the
+    ratio errors follow from the τ errors (ESS ∝ 1/τ) and unconverged windows make the ratio a bound."""
+    cs = _critical_slowing_module()
+    rows = []
+    for L in (8, 16, 32, 64):
+        rows.append(dict(L=L, sampler="physical_hmc", zero_shot=False, ess_per_second=1.0, tau_m2=100.0,
+                         tau_m2_err=3.0, tau_m2_converged=True, tau_energy=50.0, tau_energy_err=2.0,
+                         tau_energy_converged=True))
+        rows.append(dict(L=L, sampler="latent_hmc", zero_shot=False, ess_per_second=(L / 100) ** 0.5, tau_m2=2.0,
+                         tau_m2_err=0.08, tau_m2_converged=True, tau_energy=2.0, tau_energy_err=0.06,
+                         tau_energy_converged=True))
+    m2, en = cs.ess_ratio(rows, "latent_hmc"), cs.ess_ratio(rows, "latent_hmc", "energy")
+    assert m2["slope"] == pytest.approx(0.5, abs=1e-9) and m2["L_cross"] == pytest.approx(100.0, rel=1e-6)
+    # E: physical ESS_E is ESS_m2·τ_m2/τ_E = 2, the latent one unchanged (τ_m2 = τ_E): half the m² ratio
+    assert en["ratios"][16] == pytest.approx(0.5 * (16 / 100) ** 0.5) and en["L_cross"] == pytest.approx(400.0, rel=1e-6)
+    assert m2["errors"][32] == pytest.approx(m2["ratios"][32] * math.hypot(0.04, 0.03))
+    lo, hi = m2["L_cross_range"]
+    assert lo < 100.0 < hi and not m2["crossed"] and all(b is None for b in m2["bounds"].values())
+    rows[6]["tau_m2_converged"] = False  # physical HMC at L = 64: its τ a lower bound, so the ratio a lower bound
+    rows[1]["tau_m2_converged"] = False  # latent HMC at L = 8: an upper bound
+    b = cs.ess_ratio(rows, "latent_hmc")["bounds"]
+    assert b == {8: "upper", 16: None, 32: None, 64: "lower"}
+    falling = [dict(r, ess_per_second=1.0 / r["L"]) if r["sampler"] == "latent_hmc" else r for r in rows]
+    assert cs.ess_ratio(falling, "latent_hmc")["L_cross"] is None
+    assert cs.ess_ratio(rows[:2], "latent_hmc") is None
