@@ -1,4 +1,4 @@
-"""Shared test helpers: a tiny, briefly trained flow and its checkpoint file.
+"""Shared test helpers: a tiny, briefly trained flow and its checkpoint file; benchmark scripts as modules.
 
 Import with ``from helpers import ...`` (pytest puts tests/ on sys.path). Training is a plain
 PyTorch loop on ``flow.reverse_kld`` (no Lightning), deterministic for a given seed, and
@@ -7,7 +7,9 @@ cached per process: every call with the same arguments gets a fresh copy of the 
 from __future__ import annotations
 
 import functools
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -90,3 +92,12 @@ def assert_unsigned_states_follow_p_phi(r: Any, flow: Any, tol: float = 0.03) ->
     a = float(torch.tanh(fold_phi(y, w) / 2).mean())
     b = float((torch.tanh(fold_phi(r.x, w) / 2) ** 2).mean())
     assert abs(a - b) < tol, f"unsigned states: <tanh(phi/2)> = {a:.3f}, but p_phi needs <tanh^2(phi/2)> = {b:.3f}"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

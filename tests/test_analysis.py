@@ -2,7 +2,6 @@
 known cases, landscape diagnostics, and the pipeline end to end (function, analyze.py, sweep)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import load_benchmark
 from neuralrg import IsingTarget, K_C, build_mera
 from neuralrg.analysis import (bimodality_coefficient, coarse_latent_correlations, free_energy_landscape,
                                latents_under_p, level_moments, level_pair_statistics, pair_statistics,
@@ -364,9 +364,7 @@ def test_analyze_py_subprocess_and_sweep(trained_run, tmp_path):
     # the conf/sampler/ group: hydra names the bad choice and lists the registry's samplers
     assert bad.returncode == 1 and "Could not find 'sampler/nope'" in bad.stderr and "flow_metropolis" in bad.stderr
 
-    spec = importlib.util.spec_from_file_location("sweep_analysis", ROOT / "benchmarks" / "sweep_analysis.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+    sweep = load_benchmark("sweep_analysis")
     assert sweep.find_runs([str(trained_run.parent)]) == [trained_run]
     assert sweep.main([str(trained_run), "--reuse", "--out", str(tmp_path / "sweep")]) == 0
     summary = _strict_json(tmp_path / "sweep" / "sweep_analysis.json")

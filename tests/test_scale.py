@@ -15,7 +15,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from helpers import compose_train, save_checkpoint
+from helpers import compose_train, load_benchmark, save_checkpoint
 from neuralrg.checkpoint import CheckpointError, load_flow_at
 from neuralrg.flows import build_flat, build_mera, canonical_parameters, transfer_flow
 from neuralrg.physics.ising import IsingTarget
@@ -392,21 +392,11 @@ def test_latent_hmc_chains_that_do_not_fit_are_refused_before_sampling(tmp_path)
     assert not out.exists()
 
 
-def _critical_slowing_module():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "critical_slowing.py"
-    spec = importlib.util.spec_from_file_location("critical_slowing", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_ess_ratio_crossing_and_its_errors() -> None:
     """benchmarks/critical_slowing.ess_ratio on rows with a known law: latent/physical ESS/s = (L/100)^0.5
     for m² and half that for E, so the fit must give slope 0.5 and a crossing at L = 100 (E: 400); the
     ratio errors follow from the τ errors (ESS ∝ 1/τ) and unconverged windows make the ratio a bound."""
-    cs = _critical_slowing_module()
+    cs = load_benchmark("critical_slowing")
     rows = []
     for L in (8, 16, 32, 64):
         rows.append(dict(L=L, sampler="physical_hmc", zero_shot=False, ess_per_second=1.0, tau_m2=100.0,
