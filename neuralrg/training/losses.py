@@ -29,6 +29,13 @@ first learns a broad density that covers the modes, then narrows with it (for fr
 below the temperature where the plain reverse KL collapses onto few valleys). The logged free energy
 and gap stay those of p.
 
+``latent_fisher`` (reverse-KL steps): a smoothness term for latent HMC, λ·E_z|∇_z r(z)|², added to the
+loss. r(z) = U(z) − ½|z|² is the residual of latent HMC's potential U(z) = E(g(z)) − ln|det ∂g/∂z|
+(− ln 2σ(φ(g(z))) with the sign fold) against the N(0, I) it has for an exact flow; z ~ N(0, I), on
+``latent_fisher_batch`` draws. E|∇r|² is the Fisher divergence of the latent image of p from N(0, I)
+under q: zero exactly when q = p (or q = p_φ), so it leaves the optimum where it is and penalises the
+short-wavelength wiggles of U that cost little KL but set latent HMC's step size (``latent_fisher``).
+
 All quantities are totals over the lattice (not per site), natural log. ``LossConfig`` validates
 the ``loss:`` node of ``conf/train.yaml`` and raises ``ValueError`` naming the bad key.
 """
@@ -50,7 +57,7 @@ SCHEDULE_NAMES = ("constant", "linear")
 FOLD_KINDS = ("uniform", "field")
 
 __all__ = ["LOSS_NAMES", "FOLD_KINDS", "WeightSchedule", "TemperSchedule", "LossConfig", "SignFold", "reverse_kl",
-           "forward_kl", "mixed_loss", "forward_gap"]
+           "forward_kl", "mixed_loss", "forward_gap", "latent_fisher"]
 
 
 def reverse_kl(log_q: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
@@ -124,6 +131,27 @@ class SignFold(nn.Module):
 def forward_gap(log_q: torch.Tensor, energy: torch.Tensor, log_z: float) -> torch.Tensor:
     """Estimate of KL(p‖q) = mean[−ln q(x) − E(x)] − ln Z over samples x of p (total, ≥ 0)."""
     return (-log_q - energy).mean() - log_z
+
+
+def latent_fisher(flow: nn.Module, n: int, log_weight: Any = None) -> torch.Tensor:
+    """Per-sample |∇_z r(z)|² (total over sites, shape (n,)), z ~ N(0, I), r(z) = U(z) − ½|z|².
+
+    U(z) = E(g(z)) − ln|det ∂g/∂z| − log_weight(g(z)) (``log_weight``: a callable, e.g.
+    ``SignFold.log_weight``, or None); with a Z2-symmetrised flow (``flow.z2``, no log_weight) U is
+    the q_sym potential of ``neuralrg.sampling.latent``. Built with ``create_graph``, so its
+    gradient reaches the flow's parameters (one double backward through the flow)."""
+    z, _ = flow.q0(int(n))
+    z.requires_grad_(True)
+    x, log_det = flow.forward_and_log_det(z)
+    u = flow.target.energy(x) - log_det
+    if log_weight is not None:
+        u = u - log_weight(x)
+    elif flow.z2:
+        log_q, log_q_sym = flow.forward_densities(z, x, log_det)
+        u = u + log_q_sym - log_q
+    r = u - 0.5 * z.pow(2).flatten(1).sum(1)
+    (grad,) = torch.autograd.grad(r.sum(), z, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1)
 
 
 def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> int | None:
@@ -231,6 +259,9 @@ class LossConfig:
     sign_fold: str | None = None
     # annealed reverse KL against p^s, s from temper.initial to 1 over the first temper.until of the run
     temper: dict[str, Any] | None = None
+    # λ of the latent smoothness term λ·E|∇_z r(z)|² (``latent_fisher``), on latent_fisher_batch draws
+    latent_fisher: float = 0.0
+    latent_fisher_batch: int = 64
 
     def __post_init__(self) -> None:
         if self.name not in LOSS_NAMES:
@@ -258,7 +289,11 @@ class LossConfig:
             if self.name == "flow_mcmc" or (self.name == "data" and self.after != "reverse_kl"):
                 raise ValueError("loss.temper tempers the reverse-KL steps: it needs loss.name=reverse_kl (or data "
                                  f"with loss.after=reverse_kl), got loss.name={self.name!r}")
-        for name, lo in (("n_chains", 2), ("local_steps", 0), ("n_leapfrog", 1), ("adapt_steps", 0),
+        _check_float(self.latent_fisher, "latent_fisher", 0.0, math.inf, hi_open=True)
+        if self.latent_fisher > 0 and (self.name == "flow_mcmc" or (self.name == "data" and self.after != "reverse_kl")):
+            raise ValueError("loss.latent_fisher is added to the reverse-KL steps: it needs loss.name=reverse_kl (or "
+                             f"data with loss.after=reverse_kl), got loss.name={self.name!r}")
+        for name, lo in (("n_chains", 2), ("latent_fisher_batch", 1), ("local_steps", 0), ("n_leapfrog", 1), ("adapt_steps", 0),
                          ("burn_in", 0), ("data_samples", 2), ("data_chains", 1), ("data_sweep_spacing", 1),
                          ("data_warmup_sweeps", 1)):
             _check_int(getattr(self, name), name, lo)

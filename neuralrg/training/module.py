@@ -29,7 +29,7 @@ from ..sampling.importance import evaluate_flow
 from ..flows.model import NeuralRGFlow
 from ..physics.fold import order_gauge_tensor
 from .chains import FlowMCMCChains, TrainingData, resolve_data_source
-from .losses import LossConfig, SignFold, forward_gap, forward_kl, mixed_loss
+from .losses import LossConfig, SignFold, forward_gap, forward_kl, latent_fisher, mixed_loss
 from .schedule import build_scheduler
 
 # Lightning's advice for manual optimisation does not apply: a checkpoint at step k holds the
@@ -220,13 +220,23 @@ class FlowModule(pl.LightningModule):
         s = self.temper(step, self.total_steps)
         loss_f = f if s == 1.0 else log_q + s * energy  # reverse KL against p^s
         extra = {} if self.loss_cfg.temper is None else {"temper": s}
+        parts = _batch_parts(x, log_q, energy)
         if self.sign_fold is None:
-            return loss_f.mean(), f, x, _batch_parts(x, log_q, energy), extra
-        folded = loss_f - self.sign_fold.log_weight(x)  # ln q − ln p_φ up to ln Z
-        extra["fold_weight_norm"] = self.sign_fold.weight.detach().norm()
-        if self.flow.target.log_z is not None and s == 1.0:  # the bound on the Z2 gap, per site
-            extra["fold_bound"] = (folded.detach().mean() + self.flow.target.log_z) / self.flow.n_sites
-        return folded.mean(), f, x, _batch_parts(x, log_q, energy), extra
+            loss = loss_f.mean()
+        else:
+            folded = loss_f - self.sign_fold.log_weight(x)  # ln q − ln p_φ up to ln Z
+            extra["fold_weight_norm"] = self.sign_fold.weight.detach().norm()
+            if self.flow.target.log_z is not None and s == 1.0:  # the bound on the Z2 gap, per site
+                extra["fold_bound"] = (folded.detach().mean() + self.flow.target.log_z) / self.flow.n_sites
+            loss = folded.mean()
+        lam = self.loss_cfg.latent_fisher
+        if lam > 0:  # the latent smoothness term (losses.latent_fisher)
+            fisher = latent_fisher(self.flow, self.loss_cfg.latent_fisher_batch,
+                                   None if self.sign_fold is None else self.sign_fold.log_weight)
+            parts["|grad r|^2"] = fisher
+            extra["latent_fisher"] = fisher.detach().mean() / self.flow.n_sites
+            loss = loss + lam * fisher.mean()
+        return loss, f, x, parts, extra
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
