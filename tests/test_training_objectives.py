@@ -555,3 +555,89 @@ def test_uniform_sign_fold_acts_along_the_staggered_magnetisation_of_an_antiferr
     w = fold_weight(flow.double(), 0.7, torch.Generator().manual_seed(0))
     assert w.shape == (4, 4) and torch.equal(w.abs(), torch.full((4, 4), 0.7, dtype=w.dtype))
     assert bool((w * g).gt(0).all() or (w * g).lt(0).all())  # ±0.7·g
+
+
+# --- the latent smoothness term (loss.latent_fisher) ------------------------------------------
+
+def _residual_grad_sq(flow, z, fold=None):
+    """|∇_z (U(z) − ½|z|²)|² per sample, U from the samplers' latent_potential (an independent path)."""
+    from neuralrg.sampling.latent import latent_potential
+    z = z.detach().clone().requires_grad_(True)
+    r = latent_potential(flow, fold=fold)(z) - 0.5 * z.pow(2).flatten(1).sum(1)
+    (g,) = torch.autograd.grad(r.sum(), z)
+    return g.pow(2).flatten(1).sum(1)
+
+
+@pytest.mark.parametrize("z2, fold", [(False, False), (True, False), (False, True)])
+def test_latent_fisher_is_the_squared_force_residual_of_latent_hmc(z2, fold):
+    """latent_fisher(z) equals |∇U(z) − z|² with latent HMC's own potential (plain, q_sym, sign fold),
+    on the same z; against a finite difference of r along a random direction too."""
+    from neuralrg.training.losses import SignFold, latent_fisher
+    from test_rg_organisation import randomised
+    flow = randomised(build_mera(IsingTarget(4, KC), n_couplings=2, hidden=8, activation="silu", z2=z2).double(),
+                      scale=0.2, seed=3)
+    sf = None
+    if fold:
+        sf = SignFold("uniform", 4, dtype=torch.float64)
+        with torch.no_grad():
+            sf.weight.fill_(1.7)
+    torch.manual_seed(11)
+    got = latent_fisher(flow, 5, None if sf is None else sf.log_weight)
+    torch.manual_seed(11)
+    z, _ = flow.q0(5)
+    want = _residual_grad_sq(flow, z, None if sf is None else sf.weight.detach())
+    torch.testing.assert_close(got.detach(), want, rtol=1e-10, atol=1e-12)
+    assert got.requires_grad and float(got.detach().min()) > 1e-3  # a random flow is far from exact
+
+
+def test_latent_fisher_vanishes_for_an_exact_flow_and_its_gradient_is_a_double_backward():
+    """For an exactly Gaussian target the fresh preconditioned flow is exact: r is constant and the
+    term is 0 (to rounding). On a random flow the term's parameter gradient matches central finite
+    differences (the double backward through the flow reaches the parameters)."""
+    from neuralrg.training.losses import latent_fisher
+    from test_rg_organisation import GaussianTarget, randomised
+    flow = build_mera(GaussianTarget(4), n_couplings=2, hidden=8, activation="silu", precondition=True).double()
+    torch.manual_seed(0)
+    assert float(latent_fisher(flow, 8).detach().max()) < 1e-20
+    flow = randomised(flow, scale=0.2, seed=1)
+    p = next(q for q in flow.parameters() if q.numel() > 4)
+
+    def value() -> torch.Tensor:
+        torch.manual_seed(2)
+        return latent_fisher(flow, 4).mean()
+    (grad,) = torch.autograd.grad(value(), p)
+    d = torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(3))
+    h = 1e-5
+    with torch.no_grad():
+        p.add_(h * d)
+    up = float(value().detach())
+    with torch.no_grad():
+        p.sub_(2 * h * d)
+    down = float(value().detach())
+    with torch.no_grad():
+        p.add_(h * d)
+    assert (grad * d).sum().item() == pytest.approx((up - down) / (2 * h), rel=1e-5)
+
+
+def test_latent_fisher_joins_the_reverse_kl_step(tmp_path):
+    """step_loss with loss.latent_fisher = λ: the reverse KL of the same batch plus λ·mean|∇r|², logged
+    per site; bad values and objectives without reverse-KL steps are refused naming the key."""
+    plain = build_module(make_cfg(run_dir=tmp_path / "p"))
+    smooth = build_module(make_cfg("loss.latent_fisher=0.5", "loss.latent_fisher_batch=3", run_dir=tmp_path / "s"))
+    smooth.flow.load_state_dict(plain.flow.state_dict())
+    torch.manual_seed(5)
+    a = plain.step_loss(0)[0]
+    torch.manual_seed(5)
+    b, _, _, parts, extra = smooth.step_loss(0)
+    fisher = parts["|grad r|^2"]
+    assert fisher.shape == (3,)
+    assert float(b.detach()) == pytest.approx(float(a.detach()) + 0.5 * float(fisher.detach().mean()), rel=1e-6)  # float32
+    assert float(extra["latent_fisher"]) == pytest.approx(float(fisher.detach().mean()) / 16, rel=1e-6)
+    for bad in (-0.1, float("nan"), True):
+        with pytest.raises(ValueError, match="loss.latent_fisher must be"):
+            LossConfig(latent_fisher=bad)
+    with pytest.raises(ValueError, match="loss.latent_fisher_batch"):
+        LossConfig(latent_fisher=0.1, latent_fisher_batch=0)
+    with pytest.raises(ValueError, match="latent_fisher is added to the reverse-KL steps"):
+        LossConfig(name="flow_mcmc", latent_fisher=0.1)
+    LossConfig(name="data", after="reverse_kl", latent_fisher=0.1)  # reverse-KL steps after the data phase
