@@ -18,6 +18,10 @@ gradient evaluations (the exponent of the cost where the leapfrog count grows wi
 latent/physical and hybrid/physical HMC, for m² and E, get errors from the τ errors and a weighted power
 law in L, whose slope ± error and crossing of 1 (with its 1σ range) are printed. Prints a table and writes
 benchmarks/results/critical_slowing<tag>.json.
+
+``--seeds N`` samples every rung N times (seeds i, i + 1000, …); ``--merge`` adds the rows of earlier JSON
+files and ``--summaries`` those of ``sample.py`` output directories (same trajectory length and fold). Rows of
+the same L and sampler, from any of these, are pooled into one (``pool_rows``: inverse-variance τ).
 """
 from __future__ import annotations
 
@@ -81,6 +85,68 @@ def ess_ratio(rows: list[dict], name: str, obs: str = "m2") -> dict | None:
     return out
 
 
+def rows_from_summary(s: dict, L: int, zero_shot: bool = False) -> list[dict]:
+    """One table row per sampler of a ``run_sampling`` summary (``sample.py``'s summary.json) at lattice L."""
+    imp = s.get("importance_sampling_z2") or s.get("importance_sampling") or {}
+    rows = []
+    for name, r in s["samplers"].items():
+        n = r["settings"]["n_chains"] * r["trajectories_kept"]
+        row = {"L": L, "zero_shot": zero_shot, "sampler": name, "seeds": 1, "acceptance": r["acceptance"],
+               "seconds_per_trajectory": r["seconds_per_trajectory"],
+               "us_per_trajectory_site": 1e6 * r["seconds_per_trajectory"] / (r["settings"]["n_chains"] * L * L),
+               "ess_per_second": r["ess_per_second"], "gap_per_site": imp.get("gap_per_site"),
+               "dev_sigma_energy": r["deviation_sigma"].get("energy_per_site")}
+        st = r["settings"]
+        lf = st.get("leapfrog_per_block") or ([st["n_leapfrog"]] if "n_leapfrog" in st else None)
+        row["step_size"] = st.get("step_size")
+        row["leapfrog_per_trajectory"] = sum(lf) if lf else None
+        for obs in ("m2", "energy"):
+            t = r["tau_int"][obs]
+            row[f"tau_{obs}"] = t["trajectories"]
+            row[f"tau_{obs}_err"] = tau_error(t["trajectories"], t["window"], n)
+            row[f"tau_{obs}_converged"] = t["converged"]
+            if lf:  # τ in gradient evaluations: what a trajectory of this L costs
+                row[f"tau_{obs}_grads"] = t["trajectories"] * sum(lf)
+                row[f"tau_{obs}_grads_err"] = row[f"tau_{obs}_err"] * sum(lf)
+        rows.append(row)
+    return rows
+
+
+def pool_rows(rows: list[dict]) -> list[dict]:
+    """Rows of the same (L, sampler, zero-shot) from several seeds or runs, pooled into one: each τ (and τ in
+    gradient evaluations) the inverse-variance mean of the rows' τ with error 1/sqrt(Σ 1/σ²), converged only if
+    every window was; seconds per trajectory the mean; ESS/s = mean(ESS/s·τ(m²)·s/trajectory) / (pooled τ(m²)·mean
+    s/trajectory), so ESS/s stays ∝ 1/(τ·cost). ``seeds`` counts the pooled rows. Single rows pass unchanged."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["L"], r["sampler"], r["zero_shot"]), []).append(r)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        row = dict(group[0], seeds=sum(r.get("seeds", 1) for r in group))
+        for key in ("acceptance", "seconds_per_trajectory", "us_per_trajectory_site"):
+            row[key] = float(np.mean([r[key] for r in group]))
+        for obs in ("m2", "energy"):
+            for unit in ("", "_grads"):
+                k = f"tau_{obs}{unit}"
+                if not all(k in r for r in group):
+                    row.pop(k, None), row.pop(f"{k}_err", None)
+                    continue
+                w = [1.0 / max(r[f"{k}_err"], 1e-12) ** 2 for r in group]
+                row[k] = sum(wi * r[k] for wi, r in zip(w, group)) / sum(w)
+                row[f"{k}_err"] = 1.0 / math.sqrt(sum(w))
+            row[f"tau_{obs}_converged"] = all(r[f"tau_{obs}_converged"] for r in group)
+        scale = np.mean([r["ess_per_second"] * r["tau_m2"] * r["seconds_per_trajectory"] for r in group])
+        row["ess_per_second"] = float(scale / (row["tau_m2"] * row["seconds_per_trajectory"]))
+        lfs = [r["leapfrog_per_trajectory"] for r in group]
+        row["leapfrog_per_trajectory"] = None if None in lfs else float(np.mean(lfs))
+        row["step_size"] = [float(np.mean([r["step_size"][0] for r in group]))] if all(r["step_size"] for r in group) else None
+        out.append(row)
+    return out
+
+
 def fit_power(Ls: list[int], taus: list[float], errs: list[float]) -> dict:
     """τ = a L^z by weighted least squares of ln τ on ln L (weights 1/σ_lnτ²): z, its error."""
     if len(Ls) < 2:
@@ -132,16 +198,23 @@ def main() -> None:
     ap.add_argument("--fold", default=None,
                     help="the sign fold for every sampler that takes it (hybrid, flow Metropolis, latent HMC): "
                          "auto (a rung's trained fold) or a number (a uniform fold of that size); default none")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="sampling runs per rung (seeds i, i + 1000, ...), pooled into one row (pool_rows)")
+    ap.add_argument("--summaries", nargs="+", default=[],
+                    help="sample.py output directories (summary.json) whose rows join the table; rows of the "
+                         "same L and sampler, from here, --merge or the runs, are pooled (pool_rows)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", default=[],
                     help="critical_slowing*.json files of earlier runs (e.g. the largest L run on its own, in "
                          "parallel): their rows join this run's table and fits; their HMC settings must match")
     args = ap.parse_args()
-    if not args.ladder and not args.runs and not args.merge:
-        ap.error("give a ladder run directory, --runs or --merge")
+    if not args.ladder and not args.runs and not args.merge and not args.summaries:
+        ap.error("give a ladder run directory, --runs, --merge or --summaries")
+    if args.seeds < 1:
+        ap.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(args.threads)
     rungs = rung_dirs(args) if args.ladder or args.runs else {}
-    if not rungs and not args.merge:
+    if not rungs and not args.merge and not args.summaries:
         raise SystemExit("no trained rungs found")
     jobs = [(L, d, None) for L, d in rungs.items()] + [(L, rungs[max(rungs)], L) for L in args.at]
     base = dict(n_chains=args.chains, n_warmup=args.warmup, n_samples=args.samples, n_leapfrog=args.leapfrog,
@@ -154,31 +227,19 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (L, run, at_L) in enumerate(jobs):
-            s = run_sampling(run=str(run), samplers=list(args.samplers), settings=base, at_L=at_L,
-                             out_dir=str(Path(tmp) / f"s{i}"), importance_samples=4096, figures=False, seed=i,
-                             per_sampler=per)
-            imp = s.get("importance_sampling_z2") or s.get("importance_sampling") or {}
-            for name, r in s["samplers"].items():
-                n = r["settings"]["n_chains"] * r["trajectories_kept"]
-                row = {"L": L, "zero_shot": at_L is not None, "sampler": name, "acceptance": r["acceptance"],
-                       "seconds_per_trajectory": r["seconds_per_trajectory"],
-                       "us_per_trajectory_site": 1e6 * r["seconds_per_trajectory"] / (r["settings"]["n_chains"] * L * L),
-                       "ess_per_second": r["ess_per_second"], "gap_per_site": imp.get("gap_per_site"),
-                       "dev_sigma_energy": r["deviation_sigma"].get("energy_per_site")}
-                st = r["settings"]
-                lf = st.get("leapfrog_per_block") or ([st["n_leapfrog"]] if "n_leapfrog" in st else None)
-                row["step_size"] = st.get("step_size")
-                row["leapfrog_per_trajectory"] = sum(lf) if lf else None
-                for obs in ("m2", "energy"):
-                    t = r["tau_int"][obs]
-                    row[f"tau_{obs}"] = t["trajectories"]
-                    row[f"tau_{obs}_err"] = tau_error(t["trajectories"], t["window"], n)
-                    row[f"tau_{obs}_converged"] = t["converged"]
-                    if lf:  # τ in gradient evaluations: what a trajectory of this L costs
-                        row[f"tau_{obs}_grads"] = t["trajectories"] * sum(lf)
-                        row[f"tau_{obs}_grads_err"] = row[f"tau_{obs}_err"] * sum(lf)
-                rows.append(row)
+            for k in range(args.seeds):  # seed i for the first: the runs of before --seeds existed
+                s = run_sampling(run=str(run), samplers=list(args.samplers), settings=base, at_L=at_L,
+                                 out_dir=str(Path(tmp) / f"s{i}_{k}"), importance_samples=4096 if k == 0 else 0,
+                                 figures=False, seed=i + 1000 * k, per_sampler=per)
+                rows += rows_from_summary(s, L, at_L is not None)
             print(f"L={L}{' (zero-shot)' if at_L else ''} done", flush=True)
+    for d in args.summaries:  # sample.py output directories
+        s = json.loads((Path(d) / "summary.json").read_text())
+        st = s.get("settings", {})
+        diff = {k: (st.get(k), getattr(args, k)) for k in ("trajectory_length", "fold") if st.get(k) != getattr(args, k)}
+        if diff:
+            raise SystemExit(f"{d}: settings differ from this run's {diff} (theirs, ours); not used")
+        rows += [r for r in rows_from_summary(s, int(s["target"]["L"])) if r["sampler"] in args.samplers]
     for path in args.merge:
         other = json.loads(Path(path).read_text())
         # the fold must agree only where a merged row's sampler takes one (physical HMC and Wolff do not)
@@ -188,6 +249,7 @@ def main() -> None:
         if diff:
             raise SystemExit(f"{path}: settings differ from this run's {diff} (theirs, ours); not merged")
         rows += [r for r in other["rows"] if r["sampler"] in args.samplers]
+    rows = pool_rows(rows)
     rows.sort(key=lambda r: (r["zero_shot"], r["L"], args.samplers.index(r["sampler"])))
     fits = {}
     for name in args.samplers:
