@@ -559,19 +559,23 @@ def test_uniform_sign_fold_acts_along_the_staggered_magnetisation_of_an_antiferr
 
 # --- the latent smoothness term (loss.latent_fisher) ------------------------------------------
 
-def _residual_grad_sq(flow, z, fold=None):
-    """|∇_z (U(z) − ½|z|²)|² per sample, U from the samplers' latent_potential (an independent path)."""
-    from neuralrg.sampling.latent import latent_potential
+def _residual_grad_sq(flow, z, log_weight=None):
+    """|∇_z (U(z) − ½|z|²)|² per sample, U written out here: E(x) − ln|det ∂g/∂z| (− ln 2σ(φ(x)) with a fold),
+    or E(x) + ln q_sym(x) − ln N(z) for a Z2 flow (ln q_sym by the inverse pass, flow.log_prob)."""
     z = z.detach().clone().requires_grad_(True)
-    r = latent_potential(flow, fold=fold)(z) - 0.5 * z.pow(2).flatten(1).sum(1)
-    (g,) = torch.autograd.grad(r.sum(), z)
+    x, log_det = flow.forward_and_log_det(z)
+    if flow.z2:
+        u = flow.target.energy(x) + flow.log_prob(x) + 0.5 * z.pow(2).flatten(1).sum(1)
+    else:
+        u = flow.target.energy(x) - log_det - (0.0 if log_weight is None else log_weight(x))
+    (g,) = torch.autograd.grad((u - 0.5 * z.pow(2).flatten(1).sum(1)).sum(), z)
     return g.pow(2).flatten(1).sum(1)
 
 
 @pytest.mark.parametrize("z2, fold", [(False, False), (True, False), (False, True)])
 def test_latent_fisher_is_the_squared_force_residual_of_latent_hmc(z2, fold):
-    """latent_fisher(z) equals |∇U(z) − z|² with latent HMC's own potential (plain, q_sym, sign fold),
-    on the same z; against a finite difference of r along a random direction too."""
+    """latent_fisher(z) equals |∇U(z) − z|² with latent HMC's potential written out independently (plain,
+    q_sym by the inverse pass, sign fold), on the same z; the fold's weight gets a gradient."""
     from neuralrg.training.losses import SignFold, latent_fisher
     from test_rg_organisation import randomised
     flow = randomised(build_mera(IsingTarget(4, KC), n_couplings=2, hidden=8, activation="silu", z2=z2).double(),
@@ -582,12 +586,15 @@ def test_latent_fisher_is_the_squared_force_residual_of_latent_hmc(z2, fold):
         with torch.no_grad():
             sf.weight.fill_(1.7)
     torch.manual_seed(11)
-    got = latent_fisher(flow, 5, None if sf is None else sf.log_weight)
+    got = latent_fisher(flow, 5, None if sf is None else sf.field())
     torch.manual_seed(11)
     z, _ = flow.q0(5)
-    want = _residual_grad_sq(flow, z, None if sf is None else sf.weight.detach())
-    torch.testing.assert_close(got.detach(), want, rtol=1e-10, atol=1e-12)
+    want = _residual_grad_sq(flow, z, None if sf is None else sf.log_weight)
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-9, atol=1e-12)
     assert got.requires_grad and float(got.detach().min()) > 1e-3  # a random flow is far from exact
+    if sf is not None:
+        (g,) = torch.autograd.grad(got.sum(), sf.weight)
+        assert float(g.abs()) > 0
 
 
 def test_latent_fisher_vanishes_for_an_exact_flow_and_its_gradient_is_a_double_backward():

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from ..physics.fold import fold_field, fold_log_weight, fold_phi
+from ..sampling.latent import latent_potential
 from .chains import check_data_source_name
 
 LOSS_NAMES = ("reverse_kl", "flow_mcmc", "data")
@@ -135,23 +136,16 @@ def forward_gap(log_q: torch.Tensor, energy: torch.Tensor, log_z: float) -> torc
     return (-log_q - energy).mean() - log_z
 
 
-def latent_fisher(flow: nn.Module, n: int, log_weight: Any = None) -> torch.Tensor:
+def latent_fisher(flow: nn.Module, n: int, fold: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample |∇_z r(z)|² (total over sites, shape (n,)), z ~ N(0, I), r(z) = U(z) − ½|z|².
 
-    U(z) = E(g(z)) − ln|det ∂g/∂z| − log_weight(g(z)) (``log_weight``: a callable, e.g.
-    ``SignFold.log_weight``, or None); with a Z2-symmetrised flow (``flow.z2``, no log_weight) U is
-    the q_sym potential of ``neuralrg.sampling.latent``. Built with ``create_graph``, so its
-    gradient reaches the flow's parameters (one double backward through the flow)."""
+    U is latent HMC's potential (``neuralrg.sampling.latent.latent_potential``): E(g(z)) − ln|det ∂g/∂z|,
+    − ln 2σ(φ(g(z))) with a sign-fold field ``fold`` (``SignFold.field()``, trainable: its gradient flows),
+    or the q_sym potential for a Z2-symmetrised flow. Built with ``create_graph``, so its gradient reaches
+    the flow's parameters (one double backward through the flow)."""
     z, _ = flow.q0(int(n))
     z.requires_grad_(True)
-    x, log_det = flow.forward_and_log_det(z)
-    u = flow.target.energy(x) - log_det
-    if log_weight is not None:
-        u = u - log_weight(x)
-    elif flow.z2:
-        log_q, log_q_sym = flow.forward_densities(z, x, log_det)
-        u = u + log_q_sym - log_q
-    r = u - 0.5 * z.pow(2).flatten(1).sum(1)
+    r = latent_potential(flow, fold)(z) - 0.5 * z.pow(2).flatten(1).sum(1)
     (grad,) = torch.autograd.grad(r.sum(), z, create_graph=True)
     return grad.pow(2).flatten(1).sum(1)
 

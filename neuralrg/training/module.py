@@ -232,7 +232,7 @@ class FlowModule(pl.LightningModule):
         lam = self.loss_cfg.latent_fisher
         if lam > 0:  # the latent smoothness term (losses.latent_fisher)
             fisher = latent_fisher(self.flow, self.loss_cfg.latent_fisher_batch,
-                                   None if self.sign_fold is None else self.sign_fold.log_weight)
+                                   None if self.sign_fold is None else self.sign_fold.field())
             parts["|grad r|^2"] = fisher
             extra["latent_fisher"] = fisher.detach().mean() / self.flow.n_sites
             loss = loss + lam * fisher.mean()
