@@ -21,7 +21,7 @@ benchmarks/results/critical_slowing<tag>.json.
 
 ``--seeds N`` samples every rung N times (seeds i, i + 1000, …); ``--merge`` adds the rows of earlier JSON
 files and ``--summaries`` those of ``sample.py`` output directories (same trajectory length and fold). Rows of
-the same L and sampler, from any of these, are pooled into one (``pool_rows``: inverse-variance τ).
+the same L and sampler, from any of these, are pooled into one (``pool_rows``: τ weighted by sample count).
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def rows_from_summary(s: dict, L: int, zero_shot: bool = False) -> list[dict]:
     rows = []
     for name, r in s["samplers"].items():
         n = r["settings"]["n_chains"] * r["trajectories_kept"]
-        row = {"L": L, "zero_shot": zero_shot, "sampler": name, "seeds": 1, "acceptance": r["acceptance"],
+        row = {"L": L, "zero_shot": zero_shot, "sampler": name, "seeds": 1, "n_samples": n, "acceptance": r["acceptance"],
                "seconds_per_trajectory": r["seconds_per_trajectory"],
                "us_per_trajectory_site": 1e6 * r["seconds_per_trajectory"] / (r["settings"]["n_chains"] * L * L),
                "ess_per_second": r["ess_per_second"], "gap_per_site": imp.get("gap_per_site"),
@@ -114,9 +114,11 @@ def rows_from_summary(s: dict, L: int, zero_shot: bool = False) -> list[dict]:
 
 def pool_rows(rows: list[dict]) -> list[dict]:
     """Rows of the same (L, sampler, zero-shot) from several seeds or runs, pooled into one: each τ (and τ in
-    gradient evaluations) the inverse-variance mean of the rows' τ with error 1/sqrt(Σ 1/σ²), converged only if
-    every window was; seconds per trajectory the mean; ESS/s = mean(ESS/s·τ(m²)·s/trajectory) / (pooled τ(m²)·mean
-    s/trajectory), so ESS/s stays ∝ 1/(τ·cost). ``seeds`` counts the pooled rows. Single rows pass unchanged."""
+    gradient evaluations) the mean of the rows' τ weighted by their sample counts w_i ∝ n_i (equal without
+    ``n_samples``), error sqrt(Σ w_i² σ_i²), converged only if every window was. (Not inverse variance: σ_τ ∝ τ,
+    so 1/σ² weights favour the runs whose τ came out low and bias the pool low.) Seconds per trajectory the mean;
+    ESS/s = mean(ESS/s·τ(m²)·s/trajectory) / (pooled τ(m²)·mean s/trajectory), so ESS/s stays ∝ 1/(τ·cost).
+    ``seeds`` counts the pooled rows. Single rows pass unchanged."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["L"], r["sampler"], r["zero_shot"]), []).append(r)
@@ -126,6 +128,8 @@ def pool_rows(rows: list[dict]) -> list[dict]:
             out.append(group[0])
             continue
         row = dict(group[0], seeds=sum(r.get("seeds", 1) for r in group))
+        if all("n_samples" in r for r in group):
+            row["n_samples"] = sum(r["n_samples"] for r in group)
         for key in ("acceptance", "seconds_per_trajectory", "us_per_trajectory_site"):
             row[key] = float(np.mean([r[key] for r in group]))
         for obs in ("m2", "energy"):
@@ -134,9 +138,10 @@ def pool_rows(rows: list[dict]) -> list[dict]:
                 if not all(k in r for r in group):
                     row.pop(k, None), row.pop(f"{k}_err", None)
                     continue
-                w = [1.0 / max(r[f"{k}_err"], 1e-12) ** 2 for r in group]
-                row[k] = sum(wi * r[k] for wi, r in zip(w, group)) / sum(w)
-                row[f"{k}_err"] = 1.0 / math.sqrt(sum(w))
+                w = [float(r.get("n_samples", 1)) for r in group]
+                w = [wi / sum(w) for wi in w]
+                row[k] = sum(wi * r[k] for wi, r in zip(w, group))
+                row[f"{k}_err"] = math.sqrt(sum((wi * r[f"{k}_err"]) ** 2 for wi, r in zip(w, group)))
             row[f"tau_{obs}_converged"] = all(r[f"tau_{obs}_converged"] for r in group)
         scale = np.mean([r["ess_per_second"] * r["tau_m2"] * r["seconds_per_trajectory"] for r in group])
         row["ess_per_second"] = float(scale / (row["tau_m2"] * row["seconds_per_trajectory"]))

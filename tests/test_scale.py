@@ -421,9 +421,10 @@ def test_ess_ratio_crossing_and_its_errors() -> None:
     assert cs.ess_ratio(rows[:2], "latent_hmc") is None
 
 
-def test_pool_rows_pools_seeds_by_inverse_variance() -> None:
-    """benchmarks/critical_slowing.pool_rows: two rows of one (L, sampler) become one with the inverse-variance τ
-    and error, the mean cost, ESS/s ∝ 1/(τ·cost) kept, and converged only if both were; others pass unchanged."""
+def test_pool_rows_pools_seeds_by_sample_count() -> None:
+    """benchmarks/critical_slowing.pool_rows: two rows of one (L, sampler) become one with τ the sample-weighted
+    mean and its propagated error, the mean cost, ESS/s ∝ 1/(τ·cost) kept, and converged only if both were;
+    others pass unchanged."""
     cs = load_benchmark("critical_slowing")
 
     def row(L, sampler, tau, err, sec, converged=True):
@@ -434,13 +435,15 @@ def test_pool_rows_pools_seeds_by_inverse_variance() -> None:
                     tau_m2_grads=30 * tau, tau_m2_grads_err=30 * err, tau_energy_grads=15 * tau,
                     tau_energy_grads_err=15 * err)
     single = row(32, "latent_hmc", 2.0, 0.4, 1.0)
-    rows = [row(64, "latent_hmc", 3.0, 1.0, 5.0), row(64, "latent_hmc", 6.0, 2.0, 7.0, converged=False), single,
+    rows = [dict(row(64, "latent_hmc", 3.0, 1.0, 5.0), n_samples=300),
+            dict(row(64, "latent_hmc", 6.0, 2.0, 7.0, converged=False), n_samples=100), single,
             row(64, "physical_hmc", 100.0, 10.0, 0.01)]
     out = {(r["L"], r["sampler"]): r for r in cs.pool_rows(rows)}
     assert len(out) == 3 and out[(32, "latent_hmc")] is single
     p = out[(64, "latent_hmc")]
-    want = (3.0 / 1.0 + 6.0 / 4.0) / (1.0 + 1 / 4.0)  # weights 1/σ²: 1 and 1/4
-    assert p["tau_m2"] == pytest.approx(want) and p["tau_m2_err"] == pytest.approx(1 / math.sqrt(1.25))
+    want = 0.75 * 3.0 + 0.25 * 6.0  # weights ∝ samples: 3/4 and 1/4
+    assert p["tau_m2"] == pytest.approx(want) and p["tau_m2_err"] == pytest.approx(math.hypot(0.75 * 1.0, 0.25 * 2.0))
+    assert p["n_samples"] == 400
     assert p["tau_energy"] == pytest.approx(want / 2) and p["tau_m2_grads"] == pytest.approx(30 * want)
     assert p["seeds"] == 2 and not p["tau_m2_converged"] and p["tau_energy_converged"]
     assert p["seconds_per_trajectory"] == pytest.approx(6.0)
