@@ -132,14 +132,15 @@ def pool_rows(rows: list[dict]) -> list[dict]:
             row["n_samples"] = sum(r["n_samples"] for r in group)
         for key in ("acceptance", "seconds_per_trajectory", "us_per_trajectory_site"):
             row[key] = float(np.mean([r[key] for r in group]))
+        n = [float(r.get("n_samples", 1)) for r in group]
+        w = [ni / sum(n) for ni in n]
         for obs in ("m2", "energy"):
             for unit in ("", "_grads"):
                 k = f"tau_{obs}{unit}"
                 if not all(k in r for r in group):
-                    row.pop(k, None), row.pop(f"{k}_err", None)
+                    row.pop(k, None)
+                    row.pop(f"{k}_err", None)
                     continue
-                w = [float(r.get("n_samples", 1)) for r in group]
-                w = [wi / sum(w) for wi in w]
                 row[k] = sum(wi * r[k] for wi, r in zip(w, group))
                 row[f"{k}_err"] = math.sqrt(sum((wi * r[f"{k}_err"]) ** 2 for wi, r in zip(w, group)))
             row[f"tau_{obs}_converged"] = all(r[f"tau_{obs}_converged"] for r in group)
