@@ -148,7 +148,8 @@ def pool_rows(rows: list[dict]) -> list[dict]:
         row["ess_per_second"] = float(scale / (row["tau_m2"] * row["seconds_per_trajectory"]))
         lfs = [r["leapfrog_per_trajectory"] for r in group]
         row["leapfrog_per_trajectory"] = None if None in lfs else float(np.mean(lfs))
-        row["step_size"] = [float(np.mean([r["step_size"][0] for r in group]))] if all(r["step_size"] for r in group) else None
+        steps = [r["step_size"] for r in group]  # one per block of levels (blocked latent HMC)
+        row["step_size"] = [float(np.mean(b)) for b in zip(*steps)] if all(steps) else None
         out.append(row)
     return out
 
@@ -279,7 +280,7 @@ def main() -> None:
     for r in rows:
         f = lambda o: f"{r[f'tau_{o}']:.1f}±{r[f'tau_{o}_err']:.1f}{'' if r[f'tau_{o}_converged'] else '>'}"  # noqa: E731
         gap = "" if r["gap_per_site"] is None else f"{r['gap_per_site']:.4f}"
-        step = "" if not r["step_size"] else f"{r['step_size'][0]:.3f}"
+        step = "/".join(f"{e:.3f}" for e in r["step_size"] or [])  # a step per block of levels
         lf = "" if r["leapfrog_per_trajectory"] is None else str(r["leapfrog_per_trajectory"])
         print(f"{r['L']:>4}{'*' if r['zero_shot'] else ' '}{r['sampler']:<14} {r['acceptance']:5.2f} {step:>6} {lf:>8} {f('m2'):>14} "
               f"{f('energy'):>14} {r['us_per_trajectory_site']:15.2f} {r['ess_per_second']:8.2f} {gap:>8}")

@@ -435,8 +435,8 @@ def test_pool_rows_pools_seeds_by_sample_count() -> None:
                     tau_m2_grads=30 * tau, tau_m2_grads_err=30 * err, tau_energy_grads=15 * tau,
                     tau_energy_grads_err=15 * err)
     single = row(32, "latent_hmc", 2.0, 0.4, 1.0)
-    rows = [dict(row(64, "latent_hmc", 3.0, 1.0, 5.0), n_samples=300),
-            dict(row(64, "latent_hmc", 6.0, 2.0, 7.0, converged=False), n_samples=100), single,
+    rows = [dict(row(64, "latent_hmc", 3.0, 1.0, 5.0), n_samples=300, step_size=[0.05, 0.03]),
+            dict(row(64, "latent_hmc", 6.0, 2.0, 7.0, converged=False), n_samples=100, step_size=[0.07, 0.01]), single,
             row(64, "physical_hmc", 100.0, 10.0, 0.01)]
     out = {(r["L"], r["sampler"]): r for r in cs.pool_rows(rows)}
     assert len(out) == 3 and out[(32, "latent_hmc")] is single
@@ -447,5 +447,6 @@ def test_pool_rows_pools_seeds_by_sample_count() -> None:
     assert p["tau_energy"] == pytest.approx(want / 2) and p["tau_m2_grads"] == pytest.approx(30 * want)
     assert p["seeds"] == 2 and not p["tau_m2_converged"] and p["tau_energy_converged"]
     assert p["seconds_per_trajectory"] == pytest.approx(6.0)
+    assert p["step_size"] == pytest.approx([0.06, 0.02])  # every block's step, each the mean
     assert p["ess_per_second"] == pytest.approx(8.0 / (2 * want * 6.0))  # the same law, at the pooled τ and cost
     assert out[(64, "physical_hmc")] is rows[3]
