@@ -10,7 +10,8 @@ for ``steps`` (a ``loss.name=data`` run makes its data set inside the probe, so 
 counts it; the run then reuses that set, ``TrainingData``). ``reserve`` (10 %) covers Lightning's
 set-up, checkpoints and figures. A run whose
 objective changes part-way (``loss.name=data`` with a data phase, then ``loss.after``) is timed in
-both phases and the steps are counted phase by phase. ``trainer.max_time`` (the fit's share of the
+both phases and the steps are counted phase by phase; so is a latent smoothness term switched on late
+(``loss.latent_fisher_from``), whose first step moves with the run's length (``fisher_phases``). ``trainer.max_time`` (the fit's share of the
 budget) is the safety net.
 """
 from __future__ import annotations
@@ -95,6 +96,22 @@ def steps_that_fit(seconds: float, phases: list[tuple[int, float]]) -> int:
     return n
 
 
+def fisher_phases(phases: list[tuple[int, float]], objectives: list[str], fisher_start: int,
+                  t_fisher: float) -> list[tuple[int, float]]:
+    """``phases`` ([(first step, seconds per step), ...], objectives beside them) with the reverse-KL steps from
+    ``fisher_start`` on at ``t_fisher`` seconds each (the latent smoothness term switched on there)."""
+    out: list[tuple[int, float]] = []
+    for i, ((start, per), objective) in enumerate(zip(phases, objectives)):
+        end = phases[i + 1][0] if i + 1 < len(phases) else math.inf
+        if objective != "reverse_kl" or fisher_start >= end:
+            out.append((start, per))
+            continue
+        if fisher_start > start:
+            out.append((start, per))
+        out.append((max(start, fisher_start), t_fisher))
+    return out
+
+
 def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictConfig], Any],
                 done_steps: int = 0) -> dict[str, Any]:
     """The steps that fit ``budget_s`` seconds of training + evaluation (module docstring).
@@ -111,8 +128,15 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     module.flow.train()
     optimizer = instantiate(cfg.optimizer)(module.trained_parameters())
     starts = objective_phases(module, done_steps)
-    t_steps = [measure_step_time(module, optimizer, device, step=k, max_seconds=PROBE_SHARE * budget_s / len(starts))
+    loss_cfg = module.loss_cfg
+    late = loss_cfg.latent_fisher_from if loss_cfg.latent_fisher > 0 else 0.0  # the term switched on late
+    n_probes = len(starts) + (late > 0)
+    t_steps = [measure_step_time(module, optimizer, device, step=k, max_seconds=PROBE_SHARE * budget_s / n_probes)
                for k in starts]
+    if late > 0:  # a step with the term on: past the switch of the probe module's run, in the last phase
+        on = max(starts[-1], math.ceil(late * module.total_steps))
+        t_fisher = measure_step_time(module, optimizer, device, step=on, max_seconds=PROBE_SHARE * budget_s / n_probes)
+        objectives = [loss_cfg.objective(k, int(module.batch_size)) for k in starts]
     n_eval = 512
     module.flow.eval()
     _sync(device)
@@ -130,13 +154,22 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     fit_s = budget_s * (1.0 - RESERVE) - probe - final_eval
     eval_every = int(cfg.eval_every)
     per_eval = int(cfg.eval_samples) * t_eval / eval_every if eval_every > 0 else 0.0
-    steps = steps_that_fit(fit_s, [(k, t + per_eval) for k, t in zip(starts, t_steps)])
+    phases = [(k, t + per_eval) for k, t in zip(starts, t_steps)]
+    steps = steps_that_fit(fit_s, phases)
+    if late > 0:  # the switch is at a fraction of the whole run: shorten the run until it fits (monotone, so
+        for _ in range(10_000):  # from the upper bound down to the longest run that fits)
+            switch = math.ceil(late * (done_steps + steps))
+            fits = steps_that_fit(fit_s, fisher_phases(phases, objectives, switch, t_fisher + per_eval))
+            if fits >= steps:
+                break
+            steps = fits
     if steps < 1:
         raise ValueError(f"budget={budget_s:.0f} s leaves no time to train: the probe took {probe:.1f} s, a step "
                          f"{t_steps[0]:.3g} s and the final evaluation ~{final_eval:.1f} s; give a larger budget "
                          "or smaller final_eval_samples")
     return {"budget_s": budget_s, "device": str(device), "step_time_s": t_steps[0],
-            "phase_step_times_s": dict(zip(starts, t_steps)), "eval_time_per_sample_s": t_eval,
+            "phase_step_times_s": dict(zip(starts, t_steps)),
+            "latent_fisher_step_time_s": t_fisher if late > 0 else None, "eval_time_per_sample_s": t_eval,
             "final_eval_s": final_eval, "probe_s": probe, "steps": done_steps + steps,
             "planned_new_steps": steps, "max_time_s": fit_s * (1.0 + RESERVE)}
 

@@ -35,8 +35,9 @@ loss. r(z) = U(z) − ½|z|² is the residual of latent HMC's potential U(z) = E
 ``latent_fisher_batch`` draws. E|∇r|² is the Fisher divergence of the latent image of p from N(0, I)
 under q: zero exactly when q = p (or q = p_φ), so it leaves the optimum where it is and penalises the
 short-wavelength wiggles of U that cost little KL but set latent HMC's step size (``latent_fisher``).
-Measured (docs/benchmarks.md): the step grows, but latent HMC's ESS/s falls with the gap the term costs;
-it is off by default.
+``latent_fisher_from`` (a fraction of the run's steps) switches the term on late: the reverse KL alone
+up to that step, then the sum (``LossConfig.fisher_on``). Measured (docs/benchmarks.md): the step grows,
+but latent HMC's ESS/s falls with the gap the term costs; it is off by default.
 
 All quantities are totals over the lattice (not per site), natural log. ``LossConfig`` validates
 the ``loss:`` node of ``conf/train.yaml`` and raises ``ValueError`` naming the bad key.
@@ -258,6 +259,7 @@ class LossConfig:
     # λ of the latent smoothness term λ·E|∇_z r(z)|² (``latent_fisher``), on latent_fisher_batch draws
     latent_fisher: float = 0.0
     latent_fisher_batch: int = 64
+    latent_fisher_from: float = 0.0  # ... from this fraction of the run's steps on
 
     def __post_init__(self) -> None:
         if self.name not in LOSS_NAMES:
@@ -289,6 +291,7 @@ class LossConfig:
         if self.latent_fisher > 0 and (self.name == "flow_mcmc" or (self.name == "data" and self.after != "reverse_kl")):
             raise ValueError("loss.latent_fisher is added to the reverse-KL steps: it needs loss.name=reverse_kl (or "
                              f"data with loss.after=reverse_kl), got loss.name={self.name!r}")
+        _check_float(self.latent_fisher_from, "latent_fisher_from", 0.0, 1.0, hi_open=True)
         for name, lo in (("n_chains", 2), ("latent_fisher_batch", 1), ("local_steps", 0), ("n_leapfrog", 1),
                          ("adapt_steps", 0), ("burn_in", 0), ("data_samples", 2), ("data_chains", 1), ("data_sweep_spacing", 1),
                          ("data_warmup_sweeps", 1)):
@@ -330,6 +333,10 @@ class LossConfig:
         if unknown:
             raise ValueError(f"unknown loss.temper setting(s) {unknown}; known: initial, until")
         return TemperSchedule(**self.temper)
+
+    def fisher_on(self, step: int, total_steps: int) -> bool:
+        """Whether global step ``step`` of a ``total_steps`` run adds the latent smoothness term."""
+        return self.latent_fisher > 0 and step >= self.latent_fisher_from * total_steps
 
     def data_steps(self, batch_size: int) -> int | None:
         """Optimizer steps of the data phase (None: the whole run)."""

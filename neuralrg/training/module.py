@@ -230,7 +230,7 @@ class FlowModule(pl.LightningModule):
                 extra["fold_bound"] = (folded.detach().mean() + self.flow.target.log_z) / self.flow.n_sites
             loss = folded.mean()
         lam = self.loss_cfg.latent_fisher
-        if lam > 0:  # the latent smoothness term (losses.latent_fisher)
+        if self.loss_cfg.fisher_on(step, self.total_steps):  # the latent smoothness term (losses.latent_fisher)
             fisher = latent_fisher(self.flow, self.loss_cfg.latent_fisher_batch,
                                    None if self.sign_fold is None else self.sign_fold.field())
             parts["|grad r|^2"] = fisher
