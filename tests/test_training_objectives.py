@@ -421,6 +421,45 @@ def test_budget_probes_every_objective_phase(tmp_path):
     assert build_module(cfg)._ensure_data().reused  # the run takes the probe's data set, not a second one
 
 
+def test_a_late_smoothness_term_is_counted_where_it_starts():
+    """loss.latent_fisher_from: the steps from ⌈late·(done + new)⌉ on cost t_fisher; the planned run is the
+    longest that fits, and one step more does not (checked by counting the seconds step by step)."""
+    from neuralrg.pipelines.budget import fisher_phases, steps_that_fit, steps_with_late_term
+    assert fisher_phases([(0, 1.0)], ["reverse_kl"], 30, 3.0) == [(0, 1.0), (30, 3.0)]
+    assert fisher_phases([(0, 1.0)], ["reverse_kl"], 0, 3.0) == [(0, 3.0)]
+    # a data phase up to step 40 keeps its cost; the term starts inside (at 30) or after (at 50) it
+    assert fisher_phases([(0, 2.0), (40, 1.0)], ["data", "reverse_kl"], 30, 3.0) == [(0, 2.0), (40, 3.0)]
+    assert fisher_phases([(0, 2.0), (40, 1.0)], ["data", "reverse_kl"], 50, 3.0) == [(0, 2.0), (40, 1.0), (50, 3.0)]
+
+    def seconds(n: int, phases, objectives, late, t_f, done=0) -> float:
+        switch = math.ceil(late * (done + n))
+        per = dict(fisher_phases(phases, objectives, switch, t_f))
+        starts = sorted(per)
+        return sum(per[max(k for k in starts if k <= step)] for step in range(done, done + n))
+
+    for budget, phases, objectives, late, t_f, done in [
+            (100.0, [(0, 1.0)], ["reverse_kl"], 0.5, 3.0, 0),      # 25 + 25 steps: 25 + 75 s
+            (100.0, [(0, 1.0)], ["reverse_kl"], 0.8, 1.5, 0),
+            (77.0, [(0, 2.0), (10, 1.0)], ["data", "reverse_kl"], 0.3, 2.5, 0),
+            (60.0, [(20, 1.0)], ["reverse_kl"], 0.5, 2.0, 20)]:  # resumed after 20 steps
+        n = steps_with_late_term(budget, phases, objectives, late, t_f, done)
+        assert seconds(n, phases, objectives, late, t_f, done) <= budget + 1e-9
+        assert seconds(n + 1, phases, objectives, late, t_f, done) > budget
+        assert n < steps_that_fit(budget, phases)
+    assert steps_with_late_term(100.0, [(0, 1.0)], ["reverse_kl"], 0.5, 3.0) == 50
+
+
+def test_budget_times_a_late_smoothness_term(tmp_path):
+    from neuralrg.pipelines.budget import plan_budget
+    cfg = make_cfg("loss.latent_fisher=0.1", "loss.latent_fisher_batch=8", "loss.latent_fisher_from=0.5",
+                   "eval_every=0", "final_eval_samples=64", run_dir=tmp_path / "a")
+    plan = plan_budget(cfg, 30.0, build_module)
+    assert plan["latent_fisher_step_time_s"] > plan["step_time_s"] > 0  # a double backward more
+    assert "latent_fisher_from" in cfg.loss  # the conf names every key (an unknown one would be refused)
+    assert plan_budget(make_cfg("eval_every=0", "final_eval_samples=64", run_dir=tmp_path / "b"), 30.0,
+                       build_module)["latent_fisher_step_time_s"] is None
+
+
 # --- the sign-folded reverse KL (loss.sign_fold) -------------------------------------------------
 
 def _gauss(x: torch.Tensor, mu: float, s: float) -> torch.Tensor:
@@ -648,3 +687,57 @@ def test_latent_fisher_joins_the_reverse_kl_step(tmp_path):
     with pytest.raises(ValueError, match="latent_fisher is added to the reverse-KL steps"):
         LossConfig(name="flow_mcmc", latent_fisher=0.1)
     LossConfig(name="data", after="reverse_kl", latent_fisher=0.1)  # reverse-KL steps after the data phase
+
+
+def test_latent_fisher_from_switches_the_term_on_late(tmp_path):
+    """loss.latent_fisher_from = f: the steps before f·total_steps are the plain reverse KL, the later ones
+    add the term; values outside [0, 1) are refused."""
+    late = build_module(make_cfg("loss.latent_fisher=0.5", "loss.latent_fisher_batch=3", "loss.latent_fisher_from=0.5",
+                                 "steps=40", run_dir=tmp_path / "l"))
+    assert [late.loss_cfg.fisher_on(k, 40) for k in (0, 19, 20, 39)] == [False, False, True, True]
+    assert "latent_fisher" not in late.step_loss(19)[4] and "latent_fisher" in late.step_loss(20)[4]
+    assert not LossConfig(latent_fisher=0.0, latent_fisher_from=0.5).fisher_on(30, 40)
+    assert LossConfig(latent_fisher=0.1).fisher_on(0, 40)
+    assert not late.step_loss(30, fisher=False)[4].get("latent_fisher") and "latent_fisher" in late.step_loss(3, fisher=True)[4]
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="loss.latent_fisher_from must be"):
+            LossConfig(latent_fisher=0.1, latent_fisher_from=bad)
+
+
+def test_latent_fisher_every_k_steps_and_on_the_coarse_levels(tmp_path):
+    """latent_fisher_every = k: k·λ·term on the steps ≡ 0 mod k, nothing between; latent_fisher_min_level = l:
+    the sum over the latents of level ≥ l equals the full per-site squared gradient summed over those sites."""
+    from neuralrg.training.losses import latent_fisher
+    every = build_module(make_cfg("loss.latent_fisher=0.5", "loss.latent_fisher_batch=3", "loss.latent_fisher_every=4",
+                                  run_dir=tmp_path / "e"))
+    plain = build_module(make_cfg(run_dir=tmp_path / "p"))
+    plain.flow.load_state_dict(every.flow.state_dict())
+    assert [every.loss_cfg.fisher_on(k, 100) for k in range(6)] == [True, False, False, False, True, False]
+    torch.manual_seed(3)
+    a = plain.step_loss(8)[0]
+    torch.manual_seed(3)
+    b, _, _, parts, _ = every.step_loss(8)
+    assert float(b.detach()) == pytest.approx(float(a.detach()) + 4 * 0.5 * float(parts["|grad r|^2"].detach().mean()),
+                                              rel=1e-6)
+    torch.manual_seed(3)
+    assert float(every.step_loss(9)[0].detach()) == pytest.approx(float(a.detach()), rel=1e-6)  # the same batch, no term
+    flow = every.flow.to(torch.float64)
+    levels = flow.latent_levels
+    torch.manual_seed(11)
+    z, _ = flow.q0(2)  # the draws latent_fisher makes after the same seed
+    z = z.to(torch.float64).requires_grad_(True)
+    from neuralrg.sampling.latent import latent_potential
+    r = latent_potential(flow)(z) - 0.5 * z.pow(2).flatten(1).sum(1)
+    (g,) = torch.autograd.grad(r.sum(), z)
+    for lo in (0, 1, 2):
+        torch.manual_seed(11)
+        got = latent_fisher(flow, 2, min_level=lo)
+        want = (g.pow(2) * (levels >= lo)).flatten(1).sum(1)
+        assert torch.allclose(got.detach(), want, rtol=1e-10)
+        if lo == 0:
+            torch.manual_seed(11)
+            assert torch.equal(got, latent_fisher(flow, 2))
+    with pytest.raises(ValueError, match="latent_fisher_every"):
+        LossConfig(latent_fisher=0.1, latent_fisher_every=0)
+    with pytest.raises(ValueError, match="latent_fisher_min_level = 9: this flow's latents have RG levels 0 to"):
+        build_module(make_cfg("loss.latent_fisher=0.1", "loss.latent_fisher_min_level=9", run_dir=tmp_path / "m"))

@@ -10,8 +10,10 @@ for ``steps`` (a ``loss.name=data`` run makes its data set inside the probe, so 
 counts it; the run then reuses that set, ``TrainingData``). ``reserve`` (10 %) covers Lightning's
 set-up, checkpoints and figures. A run whose
 objective changes part-way (``loss.name=data`` with a data phase, then ``loss.after``) is timed in
-both phases and the steps are counted phase by phase; so is a latent smoothness term switched on late
-(``loss.latent_fisher_from``), whose first step moves with the run's length (``fisher_phases``). ``trainer.max_time`` (the fit's share of the
+both phases and the steps are counted phase by phase. So are the steps with the latent smoothness term
+(``loss.latent_fisher``: timed with and without it), switched on at a fraction of the run
+(``latent_fisher_from``, a step that moves with the run's length) on every k-th step (``latent_fisher_every``):
+``fisher_phases``. ``trainer.max_time`` (the fit's share of the
 budget) is the safety net.
 """
 from __future__ import annotations
@@ -43,14 +45,16 @@ def training_device(cfg: DictConfig) -> torch.device:
 
 
 def measure_step_time(module: Any, optimizer: torch.optim.Optimizer, device: torch.device, step: int = 0,
-                      warmup: int = 2, probe: int = 5, max_seconds: float = float("inf")) -> float:
+                      warmup: int = 2, probe: int = 5, max_seconds: float = float("inf"),
+                      fisher: bool | None = None) -> float:
     """Seconds per optimizer step of ``module`` (a ``FlowModule``) on ``device``, with the loss of
-    global step ``step`` (``FlowModule.step_loss``: the objective configured for that step):
+    global step ``step`` (``FlowModule.step_loss``: the objective configured for that step; ``fisher``
+    forces the latent smoothness term on or off):
     ``warmup`` untimed steps (allocator, kernels, a data set or chains made on first use), then the
     mean of ``probe`` timed ones; after ``max_seconds`` each phase stops early (at least one untimed
     and one timed step)."""
     def one() -> None:
-        loss = module.step_loss(step)[0]
+        loss = module.step_loss(step, fisher)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.trained_parameters(), 10.0)
@@ -112,6 +116,22 @@ def fisher_phases(phases: list[tuple[int, float]], objectives: list[str], fisher
     return out
 
 
+def steps_with_late_term(seconds: float, phases: list[tuple[int, float]], objectives: list[str], late: float,
+                         t_fisher: float, done_steps: int = 0) -> int:
+    """The longest run that fits ``seconds`` when its reverse-KL steps from the fraction ``late`` of the whole
+    run on (global step ⌈late·(done_steps + new steps)⌉) cost ``t_fisher`` each (``fisher_phases``): new steps.
+    A longer run moves the switch later and so fits more steps: from the run without the term (an upper
+    bound) the count only falls, to the first count that fits."""
+    steps = steps_that_fit(seconds, phases)
+    while steps > 0:
+        fits = steps_that_fit(seconds, fisher_phases(phases, objectives, math.ceil(late * (done_steps + steps)),
+                                                     t_fisher))
+        if fits >= steps:
+            break
+        steps = fits
+    return steps
+
+
 def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictConfig], Any],
                 done_steps: int = 0) -> dict[str, Any]:
     """The steps that fit ``budget_s`` seconds of training + evaluation (module docstring).
@@ -129,13 +149,12 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     optimizer = instantiate(cfg.optimizer)(module.trained_parameters())
     starts = objective_phases(module, done_steps)
     loss_cfg = module.loss_cfg
-    late = loss_cfg.latent_fisher_from if loss_cfg.latent_fisher > 0 else 0.0  # the term switched on late
-    n_probes = len(starts) + (late > 0)
-    t_steps = [measure_step_time(module, optimizer, device, step=k, max_seconds=PROBE_SHARE * budget_s / n_probes)
+    smooth = loss_cfg.latent_fisher > 0  # the latent smoothness term: steps timed without it and (last phase) with it
+    share = PROBE_SHARE * budget_s / (len(starts) + smooth)
+    t_steps = [measure_step_time(module, optimizer, device, step=k, max_seconds=share, fisher=False if smooth else None)
                for k in starts]
-    if late > 0:  # a step with the term on: past the switch of the probe module's run, in the last phase
-        on = max(starts[-1], math.ceil(late * module.total_steps))
-        t_fisher = measure_step_time(module, optimizer, device, step=on, max_seconds=PROBE_SHARE * budget_s / n_probes)
+    if smooth:
+        t_fisher = measure_step_time(module, optimizer, device, step=starts[-1], max_seconds=share, fisher=True)
         objectives = [loss_cfg.objective(k, int(module.batch_size)) for k in starts]
     n_eval = 512
     module.flow.eval()
@@ -155,21 +174,19 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     eval_every = int(cfg.eval_every)
     per_eval = int(cfg.eval_samples) * t_eval / eval_every if eval_every > 0 else 0.0
     phases = [(k, t + per_eval) for k, t in zip(starts, t_steps)]
-    steps = steps_that_fit(fit_s, phases)
-    if late > 0:  # the switch is at a fraction of the whole run: shorten the run until it fits (monotone, so
-        for _ in range(10_000):  # from the upper bound down to the longest run that fits)
-            switch = math.ceil(late * (done_steps + steps))
-            fits = steps_that_fit(fit_s, fisher_phases(phases, objectives, switch, t_fisher + per_eval))
-            if fits >= steps:
-                break
-            steps = fits
+    if smooth:  # a term on every k-th step: its extra cost spread over the k steps
+        t_on = t_steps[-1] + (t_fisher - t_steps[-1]) / loss_cfg.latent_fisher_every
+        steps = steps_with_late_term(fit_s, phases, objectives, loss_cfg.latent_fisher_from, t_on + per_eval,
+                                     done_steps)
+    else:
+        steps = steps_that_fit(fit_s, phases)
     if steps < 1:
         raise ValueError(f"budget={budget_s:.0f} s leaves no time to train: the probe took {probe:.1f} s, a step "
                          f"{t_steps[0]:.3g} s and the final evaluation ~{final_eval:.1f} s; give a larger budget "
                          "or smaller final_eval_samples")
     return {"budget_s": budget_s, "device": str(device), "step_time_s": t_steps[0],
             "phase_step_times_s": dict(zip(starts, t_steps)),
-            "latent_fisher_step_time_s": t_fisher if late > 0 else None, "eval_time_per_sample_s": t_eval,
+            "latent_fisher_step_time_s": t_fisher if smooth else None, "eval_time_per_sample_s": t_eval,
             "final_eval_s": final_eval, "probe_s": probe, "steps": done_steps + steps,
             "planned_new_steps": steps, "max_time_s": fit_s * (1.0 + RESERVE)}
 

@@ -193,8 +193,11 @@ def apply_budget(cfg: DictConfig, ckpt_path: str | None = None) -> dict[str, Any
         cfg.steps = plan["steps"]
         cfg.budget = None
         cfg.trainer.max_time = max_time_string(plan["max_time_s"])
-    log.info("budget %.0f s: %d steps of %.3g s on %s (probe %.1f s, final evaluation ~%.1f s)", budget_s,
-             plan["planned_new_steps"], plan["step_time_s"], plan["device"], plan["probe_s"], plan["final_eval_s"])
+    late = plan.get("latent_fisher_step_time_s")
+    log.info("budget %.0f s: %d steps of %.3g s%s on %s (probe %.1f s, final evaluation ~%.1f s)", budget_s,
+             plan["planned_new_steps"], plan["step_time_s"],
+             "" if late is None else f" ({late:.3g} s with the latent smoothness term)", plan["device"],
+             plan["probe_s"], plan["final_eval_s"])
     return plan
 
 

@@ -36,7 +36,10 @@ loss. r(z) = U(z) − ½|z|² is the residual of latent HMC's potential U(z) = E
 under q: zero exactly when q = p (or q = p_φ), so it leaves the optimum where it is and penalises the
 short-wavelength wiggles of U that cost little KL but set latent HMC's step size (``latent_fisher``).
 ``latent_fisher_from`` (a fraction of the run's steps) switches the term on late: the reverse KL alone
-up to that step, then the sum (``LossConfig.fisher_on``). Measured (docs/benchmarks.md): the step grows,
+up to that step, then the sum; ``latent_fisher_every`` = k adds k·λ times the term on every k-th step only
+(the same term on average at 1/k of its cost; ``LossConfig.fisher_on``); ``latent_fisher_min_level`` = l
+keeps the gradient components of the latents of RG level ≥ l only, the coarse ones (level 0 the finest).
+Measured (docs/benchmarks.md): the step grows,
 but latent HMC's ESS/s falls with the gap the term costs; it is off by default.
 
 All quantities are totals over the lattice (not per site), natural log. ``LossConfig`` validates
@@ -137,8 +140,9 @@ def forward_gap(log_q: torch.Tensor, energy: torch.Tensor, log_z: float) -> torc
     return (-log_q - energy).mean() - log_z
 
 
-def latent_fisher(flow: nn.Module, n: int, fold: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample |∇_z r(z)|² (total over sites, shape (n,)), z ~ N(0, I), r(z) = U(z) − ½|z|².
+def latent_fisher(flow: nn.Module, n: int, fold: torch.Tensor | None = None, min_level: int = 0) -> torch.Tensor:
+    """Per-sample |∇_z r(z)|² (total over sites, shape (n,)), z ~ N(0, I), r(z) = U(z) − ½|z|²; with
+    ``min_level`` > 0 the sum runs over the latents of RG level ≥ ``min_level`` only (``flow.latent_levels``).
 
     U is latent HMC's potential (``neuralrg.sampling.latent.latent_potential``): E(g(z)) − ln|det ∂g/∂z|,
     − ln 2σ(φ(g(z))) with a sign-fold field ``fold`` (``SignFold.field()``, trainable: its gradient flows),
@@ -148,6 +152,8 @@ def latent_fisher(flow: nn.Module, n: int, fold: torch.Tensor | None = None) -> 
     z.requires_grad_(True)
     r = latent_potential(flow, fold)(z) - 0.5 * z.pow(2).flatten(1).sum(1)
     (grad,) = torch.autograd.grad(r.sum(), z, create_graph=True)
+    if min_level > 0:
+        grad = grad[:, flow.latent_levels >= min_level]
     return grad.pow(2).flatten(1).sum(1)
 
 
@@ -260,6 +266,8 @@ class LossConfig:
     latent_fisher: float = 0.0
     latent_fisher_batch: int = 64
     latent_fisher_from: float = 0.0  # ... from this fraction of the run's steps on
+    latent_fisher_every: int = 1  # ... on every k-th step, k·λ
+    latent_fisher_min_level: int = 0  # ... over the latents of RG level >= this
 
     def __post_init__(self) -> None:
         if self.name not in LOSS_NAMES:
@@ -292,7 +300,8 @@ class LossConfig:
             raise ValueError("loss.latent_fisher is added to the reverse-KL steps: it needs loss.name=reverse_kl (or "
                              f"data with loss.after=reverse_kl), got loss.name={self.name!r}")
         _check_float(self.latent_fisher_from, "latent_fisher_from", 0.0, 1.0, hi_open=True)
-        for name, lo in (("n_chains", 2), ("latent_fisher_batch", 1), ("local_steps", 0), ("n_leapfrog", 1),
+        for name, lo in (("n_chains", 2), ("latent_fisher_batch", 1), ("latent_fisher_every", 1),
+                         ("latent_fisher_min_level", 0), ("local_steps", 0), ("n_leapfrog", 1),
                          ("adapt_steps", 0), ("burn_in", 0), ("data_samples", 2), ("data_chains", 1), ("data_sweep_spacing", 1),
                          ("data_warmup_sweeps", 1)):
             _check_int(getattr(self, name), name, lo)
@@ -336,7 +345,8 @@ class LossConfig:
 
     def fisher_on(self, step: int, total_steps: int) -> bool:
         """Whether global step ``step`` of a ``total_steps`` run adds the latent smoothness term."""
-        return self.latent_fisher > 0 and step >= self.latent_fisher_from * total_steps
+        return (self.latent_fisher > 0 and step >= self.latent_fisher_from * total_steps
+                and step % self.latent_fisher_every == 0)
 
     def data_steps(self, batch_size: int) -> int | None:
         """Optimizer steps of the data phase (None: the whole run)."""

@@ -96,6 +96,9 @@ class FlowModule(pl.LightningModule):
         self.eval_batch_size = int(eval_batch_size)
         self.seed = int(seed)
         self.loss_cfg = LossConfig.from_dict(loss)
+        if self.loss_cfg.latent_fisher > 0 and self.loss_cfg.latent_fisher_min_level >= flow.n_levels:
+            raise ValueError(f"loss.latent_fisher_min_level = {self.loss_cfg.latent_fisher_min_level}: this flow's "
+                             f"latents have RG levels 0 to {flow.n_levels - 1}")
         if self.loss_cfg.name == "data":
             resolve_data_source(flow.target, self.loss_cfg.data_source, self.loss_cfg.data_settings)
         self.sign_fold: SignFold | None = None
@@ -207,11 +210,14 @@ class FlowModule(pl.LightningModule):
         """True if ``value`` is finite on every rank (a lone rank raising would hang DDP)."""
         return bool(self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(value)), all=True))
 
-    def step_loss(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, dict, dict]:
+    def step_loss(self, step: int, fisher: bool | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, dict, dict]:
         """The loss of global step ``step`` under the configured objective, as ``training_step``
         computes it (budget probes time it too): (loss, per-sample ln q + E of the flow batch or
         None, x for the fingerprint, {name: per-sample values} for the NaN report, {name: value}
-        logged under train/). A ``flow_mcmc`` step advances the chains."""
+        logged under train/). A ``flow_mcmc`` step advances the chains. ``fisher``: add the latent
+        smoothness term (True) or not (False) whatever the step (the budget probe's timings); None:
+        as ``loss.latent_fisher*`` configure it for this step."""
         objective = self.loss_cfg.objective(step, self.batch_size)
         if objective != "reverse_kl":
             return self._forward_kl_step(objective, step)
@@ -229,13 +235,14 @@ class FlowModule(pl.LightningModule):
             if self.flow.target.log_z is not None and s == 1.0:  # the bound on the Z2 gap, per site
                 extra["fold_bound"] = (folded.detach().mean() + self.flow.target.log_z) / self.flow.n_sites
             loss = folded.mean()
-        lam = self.loss_cfg.latent_fisher
-        if self.loss_cfg.fisher_on(step, self.total_steps):  # the latent smoothness term (losses.latent_fisher)
-            fisher = latent_fisher(self.flow, self.loss_cfg.latent_fisher_batch,
-                                   None if self.sign_fold is None else self.sign_fold.field())
-            parts["|grad r|^2"] = fisher
-            extra["latent_fisher"] = fisher.detach().mean() / self.flow.n_sites
-            loss = loss + lam * fisher.mean()
+        cfg = self.loss_cfg
+        on = cfg.fisher_on(step, self.total_steps) if fisher is None else (fisher and cfg.latent_fisher > 0)
+        if on:  # the latent smoothness term (losses.latent_fisher), k·λ on every k-th step
+            term = latent_fisher(self.flow, cfg.latent_fisher_batch,
+                                 None if self.sign_fold is None else self.sign_fold.field(), cfg.latent_fisher_min_level)
+            parts["|grad r|^2"] = term
+            extra["latent_fisher"] = term.detach().mean() / self.flow.n_sites
+            loss = loss + cfg.latent_fisher * cfg.latent_fisher_every * term.mean()
         return loss, f, x, parts, extra
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
