@@ -455,7 +455,7 @@ def test_budget_times_a_late_smoothness_term(tmp_path):
                    "eval_every=0", "final_eval_samples=64", run_dir=tmp_path / "a")
     plan = plan_budget(cfg, 30.0, build_module)
     assert plan["latent_fisher_step_time_s"] > plan["step_time_s"] > 0  # a double backward more
-    assert "latent_fisher_from" in cfg.loss  # the conf names every key (an unknown one would be refused)
+    assert {"latent_fisher_from", "latent_fisher_every", "latent_fisher_min_level"} <= set(cfg.loss)  # named in conf
     assert plan_budget(make_cfg("eval_every=0", "final_eval_samples=64", run_dir=tmp_path / "b"), 30.0,
                        build_module)["latent_fisher_step_time_s"] is None
 

@@ -39,8 +39,8 @@ short-wavelength wiggles of U that cost little KL but set latent HMC's step size
 up to that step, then the sum; ``latent_fisher_every`` = k adds k·λ times the term on every k-th step only
 (the same term on average at 1/k of its cost; ``LossConfig.fisher_on``); ``latent_fisher_min_level`` = l
 keeps the gradient components of the latents of RG level ≥ l only, the coarse ones (level 0 the finest).
-Measured (docs/benchmarks.md): the step grows,
-but latent HMC's ESS/s falls with the gap the term costs; it is off by default.
+Measured (docs/benchmarks.md): the step grows, but the gap grows with it, however the term is placed;
+it is off by default.
 
 All quantities are totals over the lattice (not per site), natural log. ``LossConfig`` validates
 the ``loss:`` node of ``conf/train.yaml`` and raises ``ValueError`` naming the bad key.
