@@ -29,9 +29,10 @@ CONTEXT = "neuralrg.flows.context.ContextPlaquetteBijector"
 CONTEXT_SPLINE = "neuralrg.flows.context.ContextSplinePlaquetteBijector"
 
 
-def _context_spline(t, transform: str):
-    """conf/model/mera_context_spline.yaml at the L = 16 preset's width 48 (the Ising presets' model)."""
-    return build_mera(t, block={"class": CONTEXT_SPLINE, "kwargs": {
+def _context_spline(t, transform: str, coarse: dict | None = None):
+    """conf/model/mera_context_spline.yaml at the L = 16 preset's width 48 (the Ising presets' model);
+    ``coarse`` as model.coarse."""
+    return build_mera(t, coarse=coarse, block={"class": CONTEXT_SPLINE, "kwargs": {
         "n_couplings": 4, "hidden": [48, 48], "activation": "silu", "n_bins": 8, "tail_bound": 5.0,
         "transform": transform}}, decimator_block={"class": CONTEXT, "kwargs": {
             "n_couplings": 8, "hidden": [48, 48], "activation": "silu"}}, precondition=True, skeleton="haar")
@@ -44,6 +45,9 @@ MODELS = {
                                          skeleton="haar"),  # conf/model/mera_context.yaml (L >= 16 presets)
     "mera context spline": lambda t: _context_spline(t, "rational_quadratic"),
     "mera context smooth": lambda t: _context_spline(t, "smooth"),  # model.block.transform=smooth
+    "mera context smooth coarse96": lambda t: _context_spline(t, "smooth", {"from_level": 2, "hidden": [96, 96]}),
+    "mera context smooth coarse128x3": lambda t: _context_spline(
+        t, "smooth", {"from_level": 2, "hidden": [128, 128, 128]}),
     "mera leaky": lambda t: build_mera(t),  # leaky_relu, no preconditioner (the builder's defaults)
     "flat baseline": lambda t: build_flat(t),
 }

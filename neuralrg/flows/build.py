@@ -172,6 +172,18 @@ def _output_layers(layers: list, target: LatticeTarget, precondition: bool, gaug
             + ([GaussianPreconditioner(target)] if precondition else []))
 
 
+def _overrides(coarse: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """``block_spec`` overrides of ``spec`` from a checked ``coarse``: a width alone keeps the
+    block's number of hidden layers, a number of layers alone the block's first width."""
+    out = {k: v for k, v in coarse.items() if k != "from_level"}
+    widths = spec["kwargs"]["hidden"]
+    if "hidden" in out and "n_hidden_layers" not in out:
+        out["n_hidden_layers"] = len(widths) if isinstance(out["hidden"], Integral) else len(out["hidden"])
+    if "n_hidden_layers" in out and "hidden" not in out:
+        out["hidden"] = widths[0]
+    return out
+
+
 def _decimator_spec(decimator_block: Any, spec: dict[str, Any]) -> dict[str, Any] | None:
     """The decimators' block spec: None (the same block as the disentanglers), a class path (that
     class with the main block's common arguments: n_couplings, hidden, scale_bound, activation),
@@ -184,10 +196,38 @@ def _decimator_spec(decimator_block: Any, spec: dict[str, Any]) -> dict[str, Any
     return block_spec(decimator_block)
 
 
+#: what ``build_mera``'s ``coarse`` may set besides ``from_level``
+COARSE_KEYS = ("n_couplings", "hidden", "n_hidden_layers")
+
+
+def check_coarse(coarse: Any, depth: int) -> dict[str, Any] | None:
+    """Validate ``build_mera``'s ``coarse`` (None, or {from_level, hidden / n_couplings /
+    n_hidden_layers}) as plain data; ``from_level`` must leave it a level of a ``depth``-level MERA."""
+    coarse = _plain(coarse)
+    if coarse is None:
+        return None
+    if not isinstance(coarse, dict):
+        raise ValueError(f"coarse must be null or a mapping {{from_level, hidden, n_couplings}}, got {coarse!r}")
+    unknown = sorted(set(coarse) - {"from_level", *COARSE_KEYS})
+    if unknown:
+        raise ValueError(f"coarse takes from_level and {list(COARSE_KEYS)}, got unknown keys {unknown}")
+    if "from_level" not in coarse:
+        raise ValueError("coarse needs from_level: the first RG level (0 = finest) built with the coarse blocks")
+    overrides = {k: coarse[k] for k in COARSE_KEYS if coarse.get(k) is not None}
+    if not overrides:
+        raise ValueError(f"coarse sets none of {list(COARSE_KEYS)}: give the coarse levels' widths or couplings, "
+                         f"or set coarse to null")
+    first = _positive_int(coarse["from_level"], "coarse.from_level", minimum=0)
+    if first >= depth:
+        raise ValueError(f"coarse.from_level must be a level of the hierarchy, 0 to {depth - 1} "
+                         f"(depth {depth}), got {first}")
+    return {"from_level": first, **overrides}
+
+
 def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = None,
                disentangler_repeats: int = 1, share_levels: bool = False, z2: bool = False,
                precondition: bool | str = False, skeleton: str = "none", decimator_block: Any = None,
-               gauge: bool | str = False, *, n_couplings: int | None = None,
+               gauge: bool | str = False, coarse: Any = None, *, n_couplings: int | None = None,
                hidden: int | Sequence[int] | None = None, n_hidden_layers: int | None = None,
                scale_bound: float | None = None, activation: str | None = None) -> NeuralRGFlow:
     """The hierarchical NeuralRG flow for ``target``: L = 2^n·c with c odd and n ≥ 1.
@@ -206,7 +246,9 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
     a class path takes the main block's n_couplings / hidden / scale_bound / activation); gauge: the
     fixed sign gauge y → g·y before the preconditioner (``gauge.SignGauge``: an unfrustrated
     antiferromagnet becomes the ferromagnet for the MERA; "auto" = where the target has one; stored
-    configs without it have none).
+    configs without it have none); coarse: None, or {"from_level": k, "hidden": ..., "n_couplings": ...,
+    "n_hidden_layers": ...}: levels ≥ k build their disentanglers and decimators with these
+    arguments in place of their blocks' (more capacity where there are few plaquettes; ``check_coarse``).
     """
     L = check_lattice_size(target.L)
     n = (L & -L).bit_length() - 1  # factors of two in L: L = 2^n·c with c odd
@@ -224,15 +266,22 @@ def build_mera(target: LatticeTarget, depth: int | None = None, block: Any = Non
     z2 = _check_z2(target, z2)
     dec_spec = _decimator_spec(decimator_block, spec)
     gauge = _gauge(target, gauge)
+    coarse = check_coarse(coarse, depth)
+    coarse_args = {} if coarse is None else {
+        "coarse_from": coarse["from_level"],
+        "new_coarse_block": block_factory(block_spec(spec, **_overrides(coarse, spec))),
+        "new_coarse_decimator": block_factory(block_spec(dec_spec or spec, **_overrides(coarse, dec_spec or spec)))}
     layers = mera_layers(L, depth, block_factory(spec), disentangler_repeats=repeats,
                          share_levels=bool(share_levels), skeleton=skeleton,
-                         new_decimator=None if dec_spec is None else block_factory(dec_spec))
+                         new_decimator=None if dec_spec is None else block_factory(dec_spec), **coarse_args)
     config = dict(kind="mera", depth=depth, block=spec, disentangler_repeats=repeats,
                   share_levels=bool(share_levels), z2=z2, precondition=precondition, skeleton=skeleton)
     if dec_spec is not None:  # stored only when set: older configs rebuild unchanged
         config["decimator_block"] = dec_spec
     if gauge:
         config["gauge"] = True
+    if coarse is not None:
+        config["coarse"] = coarse
     return NeuralRGFlow(_output_layers(layers, target, precondition, gauge), target, z2=z2,
                         levels=latent_levels(L, depth), config=config)
 

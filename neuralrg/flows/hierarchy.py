@@ -104,8 +104,9 @@ def _build(factory: Callable[..., nn.Module], grid_size: int) -> nn.Module:
 
 def mera_layers(L: int, depth: int, new_block: Callable[[], nn.Module], *,
                 disentangler_repeats: int = 1, share_levels: bool = False,
-                skeleton: str = "none", new_decimator: Callable[[], nn.Module] | None = None
-                ) -> list[PlaquetteLayer]:
+                skeleton: str = "none", new_decimator: Callable[[], nn.Module] | None = None,
+                coarse_from: int | None = None, new_coarse_block: Callable[[], nn.Module] | None = None,
+                new_coarse_decimator: Callable[[], nn.Module] | None = None) -> list[PlaquetteLayer]:
     """The hierarchy's layers in generative order (top level first), as normflows expects.
 
     With ``share_levels`` one set of blocks (per layer role) serves every level, so the
@@ -117,9 +118,15 @@ def mera_layers(L: int, depth: int, new_block: Callable[[], nn.Module], *,
     ``new_decimator`` builds the decimators' blocks instead of ``new_block`` where given.
     Block classes with ``per_site = True`` (``site``) are built with ``grid_size`` = the layer's
     m = L/2^(k+1) plaquettes per side, and cannot be shared across levels.
+    Levels k ≥ ``coarse_from`` build their disentanglers with ``new_coarse_block`` and their
+    decimators with ``new_coarse_decimator`` (other widths for the few coarse plaquettes; per-level
+    blocks only).
     """
     haar = check_skeleton(skeleton) == "haar"
     new_decimator = new_decimator or new_block
+    if coarse_from is not None and share_levels:
+        raise ValueError("coarse blocks (model.coarse) need one set of blocks per level: share_levels=true "
+                         "shares one set across all levels")
     if share_levels and (_per_site(new_block) or _per_site(new_decimator)):
         raise ValueError("share_levels=true needs translation-invariant blocks: per-site blocks "
                          "(neuralrg.flows.site) have parameters per plaquette, so levels cannot share them")
@@ -129,10 +136,13 @@ def mera_layers(L: int, depth: int, new_block: Callable[[], nn.Module], *,
     for k in range(depth):
         d = 2 ** k
         m = L // (2 * d)  # the layer's grid of plaquettes is m × m
+        coarse = coarse_from is not None and k >= coarse_from
+        dis_factory = new_coarse_block if coarse else new_block
+        dec_factory = new_coarse_decimator if coarse else new_decimator
         for r in range(disentangler_repeats):
-            blk = shared_dis[r] if share_levels else _build(new_block, m)
+            blk = shared_dis[r] if share_levels else _build(dis_factory, m)
             inference.append(PlaquetteLayer(blk, d, 1, f"disentangler{k}.{r}"))
-        blk = shared_dec if share_levels else _build(new_decimator, m)
+        blk = shared_dec if share_levels else _build(dec_factory, m)
         if haar:
             blk = HaarDecimator(blk)
         inference.append(PlaquetteLayer(blk, d, 0, f"decimator{k}"))

@@ -101,7 +101,8 @@ def _settings(flow: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         structure.update({"block class": block.get("class"), "activation": kw.get("activation"),
                           "transform": kw.get("transform", "rational_quadratic"),
                           "decimator block class": dec.get("class")})
-        return structure, {"hidden": kw.get("hidden"), "decimator hidden": (dec.get("kwargs") or {}).get("hidden")}
+        return structure, {"hidden": kw.get("hidden"), "decimator hidden": (dec.get("kwargs") or {}).get("hidden"),
+                           "coarse": c.get("coarse")}
     structure["activation"] = c.get("activation")
     return structure, {k: c.get(k) for k in ("hidden", "n_hidden_layers", "kernel_size")}
 
