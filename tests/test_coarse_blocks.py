@@ -41,7 +41,10 @@ def test_coarse_levels_get_their_own_widths_and_the_fine_levels_keep_theirs():
     plain = sum(p.numel() for p in _flow(8).parameters())
     assert sum(p.numel() for p in f.parameters()) > plain
     # the decimators keep their own class and couplings, the disentanglers theirs
-    assert type(dict(f.named_modules())["flows.0"].block).__name__ == "HaarDecimator"
+    kinds = {layer.kind: layer.block for layer in f.flows if hasattr(layer, "kind")}
+    assert type(kinds["decimator2"]).__name__ == "HaarDecimator"
+    assert type(kinds["decimator2"].block).__name__ == "ContextPlaquetteBijector"
+    assert type(kinds["disentangler2.0"]).__name__ == "ContextSplinePlaquetteBijector"
     assert f.config["coarse"] == {"from_level": 1, "hidden": [16, 16, 16]}
     assert "coarse" not in _flow(8).config  # unset: older configs rebuild unchanged
 
