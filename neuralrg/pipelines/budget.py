@@ -15,13 +15,23 @@ both phases and the steps are counted phase by phase. So are the steps with the 
 (``latent_fisher_from``, a step that moves with the run's length) on every k-th step (``latent_fisher_every``):
 ``fisher_phases``. ``trainer.max_time`` (the fit's share of the
 budget) is the safety net.
+
+The probe times a few steps of a fresh model, and the steps of the run itself can be faster (a probe beside a
+busy moment of the machine, first-use costs the warm-up steps did not absorb) or slower. So the run is re-sized
+once, early (``BudgetReplan``, ``replan_step``: at the end of the learning-rate warm-up, where the schedule's
+factor does not depend on the run's length): the steps it has taken, timed one by one (evaluation steps left
+out), give a factor on the probe's step times, and the steps that fit the time left to the budget's deadline
+become the run's length (schedule, smoothness-term switch, ``max_steps``, ``config.yaml``). summary.json's
+``budget.replan`` says what was measured and done.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any, Callable
 
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -31,6 +41,10 @@ from ..sampling.importance import evaluate_flow
 
 RESERVE = 0.10
 PROBE_SHARE = 0.05  # the probe stops early after this share of the budget (slow steps, loaded machines)
+REPLAN_SKIP = 3  # the run's first steps (allocator, first use) are not timed for the re-plan
+REPLAN_MIN_CHANGE = 0.02  # a re-plan that moves the length by less than this share (or 2 steps) changes nothing
+
+log = logging.getLogger(__name__)
 
 
 def _sync(device: torch.device) -> None:
@@ -132,6 +146,26 @@ def steps_with_late_term(seconds: float, phases: list[tuple[int, float]], object
     return steps
 
 
+def phase_model_steps(seconds: float, model: dict[str, Any], done_steps: int, scale: float = 1.0) -> int:
+    """New optimizer steps from global step ``done_steps`` that fit ``seconds`` under ``model`` (a plan's
+    ``phase_model``: [first step, seconds per step] of each objective phase, the objectives, the evaluation's
+    seconds per step, and the latent smoothness term's switch and cost per step or None), with every step time
+    multiplied by ``scale`` (the evaluation's share is not)."""
+    starts = [int(k) for k, _ in model["phases"]]
+    phases, objectives = [], []
+    for i, (start, t) in enumerate(model["phases"]):
+        end = starts[i + 1] if i + 1 < len(starts) else math.inf
+        if end <= done_steps:
+            continue
+        phases.append((max(int(start), done_steps), scale * float(t) + model["eval_s_per_step"]))
+        objectives.append(model["objectives"][i])
+    t_on = model.get("latent_fisher_step_s")
+    if t_on is None:
+        return steps_that_fit(seconds, phases)
+    return steps_with_late_term(seconds, phases, objectives, model["latent_fisher_from"],
+                                scale * t_on + model["eval_s_per_step"], done_steps)
+
+
 def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictConfig], Any],
                 done_steps: int = 0) -> dict[str, Any]:
     """The steps that fit ``budget_s`` seconds of training + evaluation (module docstring).
@@ -139,8 +173,8 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     ``build_module(cfg)`` builds a throw-away ``FlowModule`` for the probe; ``done_steps``: steps
     already in the checkpoint of a resumed run (the plan adds to them). Returns the plan
     (budget_s, device, step_time_s of the first phase, phase_step_times_s {first step: seconds per
-    step}, eval_time_per_sample_s, final_eval_s, probe_s, steps, max_time_s); ValueError if not
-    even one step fits.
+    step}, eval_time_per_sample_s, final_eval_s, probe_s, steps, max_time_s, phase_model: what
+    ``phase_model_steps`` re-sizes the run with); ValueError if not even one step fits.
     """
     t_start = time.perf_counter()
     device = training_device(cfg)
@@ -153,9 +187,9 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     share = PROBE_SHARE * budget_s / (len(starts) + smooth)
     t_steps = [measure_step_time(module, optimizer, device, step=k, max_seconds=share, fisher=False if smooth else None)
                for k in starts]
-    if smooth:
-        t_fisher = measure_step_time(module, optimizer, device, step=starts[-1], max_seconds=share, fisher=True)
-        objectives = [loss_cfg.objective(k, int(module.batch_size)) for k in starts]
+    t_fisher = (measure_step_time(module, optimizer, device, step=starts[-1], max_seconds=share, fisher=True)
+                if smooth else None)
+    objectives = [loss_cfg.objective(k, int(module.batch_size)) for k in starts]
     n_eval = 512
     module.flow.eval()
     _sync(device)
@@ -172,23 +206,108 @@ def plan_budget(cfg: DictConfig, budget_s: float, build_module: Callable[[DictCo
     probe = time.perf_counter() - t_start
     fit_s = budget_s * (1.0 - RESERVE) - probe - final_eval
     eval_every = int(cfg.eval_every)
-    per_eval = int(cfg.eval_samples) * t_eval / eval_every if eval_every > 0 else 0.0
-    phases = [(k, t + per_eval) for k, t in zip(starts, t_steps)]
-    if smooth:  # a term on every k-th step: its extra cost spread over the k steps
-        t_on = t_steps[-1] + (t_fisher - t_steps[-1]) / loss_cfg.latent_fisher_every
-        steps = steps_with_late_term(fit_s, phases, objectives, loss_cfg.latent_fisher_from, t_on + per_eval,
-                                     done_steps)
-    else:
-        steps = steps_that_fit(fit_s, phases)
+    model = {"phases": [[k, t] for k, t in zip(starts, t_steps)], "objectives": objectives,
+             "eval_s_per_step": int(cfg.eval_samples) * t_eval / eval_every if eval_every > 0 else 0.0,
+             # a term on every k-th step: its extra cost spread over the k steps
+             "latent_fisher_step_s": (t_steps[-1] + (t_fisher - t_steps[-1]) / loss_cfg.latent_fisher_every
+                                      if smooth else None),
+             "latent_fisher_from": loss_cfg.latent_fisher_from}
+    steps = phase_model_steps(fit_s, model, done_steps)
     if steps < 1:
         raise ValueError(f"budget={budget_s:.0f} s leaves no time to train: the probe took {probe:.1f} s, a step "
                          f"{t_steps[0]:.3g} s and the final evaluation ~{final_eval:.1f} s; give a larger budget "
                          "or smaller final_eval_samples")
     return {"budget_s": budget_s, "device": str(device), "step_time_s": t_steps[0],
             "phase_step_times_s": dict(zip(starts, t_steps)),
-            "latent_fisher_step_time_s": t_fisher if smooth else None, "eval_time_per_sample_s": t_eval,
+            "latent_fisher_step_time_s": t_fisher, "eval_time_per_sample_s": t_eval,
             "final_eval_s": final_eval, "probe_s": probe, "steps": done_steps + steps,
-            "planned_new_steps": steps, "max_time_s": fit_s * (1.0 + RESERVE)}
+            "planned_new_steps": steps, "max_time_s": fit_s * (1.0 + RESERVE), "phase_model": model}
+
+
+def replan_step(done_steps: int, planned_new_steps: int, warmup_steps: int) -> int | None:
+    """The global step after which ``BudgetReplan`` re-sizes a run: the end of the learning-rate warm-up, but
+    no later than a quarter of the planned steps and no earlier than ``REPLAN_SKIP`` + 5 steps in (None: a run
+    too short to time)."""
+    window = REPLAN_SKIP + 5
+    if planned_new_steps < 4 * window:
+        return None
+    return done_steps + max(window, min(int(warmup_steps), planned_new_steps // 4))
+
+
+class BudgetReplan(pl.Callback):
+    """Re-size a ``budget=`` run once, after global step ``at_step`` (``replan_step``), from its own step times.
+
+    The steps from ``plan["steps"] − plan["planned_new_steps"]`` + ``REPLAN_SKIP`` to ``at_step`` are timed one by
+    one (batch start to batch end; steps that ran an evaluation are left out); their sum over the sum of
+    the times the probe predicted for them (``plan["phase_model"]``, the smoothness term where it was on) is a
+    factor on every step time, and the run's length becomes ``at_step`` + the steps that then fit until
+    ``deadline`` (``time.perf_counter()`` seconds). A change of less than ``REPLAN_MIN_CHANGE`` is not applied.
+    Applying it sets the module's ``total_steps`` (the schedule reads it), the trainer's ``max_steps`` and
+    ``max_epochs``, ``plan["steps"]`` and ``planned_new_steps``, and calls ``on_change(steps)`` (the run's
+    config file). ``plan["replan"]`` records what was measured, whether or not it was applied.
+    """
+
+    def __init__(self, plan: dict[str, Any], deadline: float, at_step: int,
+                 on_change: Callable[[int], None] | None = None) -> None:
+        self.plan, self.deadline, self.at_step, self.on_change = plan, float(deadline), int(at_step), on_change
+        self.first = int(plan["steps"]) - int(plan["planned_new_steps"])
+        self.measured = 0.0
+        self.predicted = 0.0
+        self.n_timed = 0
+        self._t: float | None = None
+
+    def predicted_step_s(self, step: int, total_steps: int) -> float:
+        """The probe's seconds for global step ``step`` of a ``total_steps`` run (no evaluation share)."""
+        model = self.plan["phase_model"]
+        i = max(0, sum(1 for k, _ in model["phases"] if int(k) <= step) - 1)
+        t_on = model.get("latent_fisher_step_s")
+        if (t_on is not None and model["objectives"][i] == "reverse_kl"
+                and step >= math.ceil(model["latent_fisher_from"] * total_steps)):
+            return float(t_on)
+        return float(model["phases"][i][1])
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._t = time.perf_counter() if trainer.global_step < self.at_step else None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._t is None:
+            return
+        dt = time.perf_counter() - self._t
+        step = trainer.global_step - 1  # the step just taken
+        every = int(getattr(pl_module, "eval_every", 0))
+        if step >= self.first + REPLAN_SKIP and not (every > 0 and (step + 1) % every == 0):
+            self.measured += dt
+            self.predicted += self.predicted_step_s(step, int(pl_module.total_steps))
+            self.n_timed += 1
+        if trainer.global_step == self.at_step and self.n_timed > 0:
+            self.replan(trainer, pl_module)
+
+    def replan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        scale = self.measured / self.predicted
+        left = self.deadline - time.perf_counter()
+        before = int(self.plan["steps"])
+        after = self.at_step + phase_model_steps(left, self.plan["phase_model"], self.at_step, scale)
+        applied = abs(after - before) > max(2, REPLAN_MIN_CHANGE * before)
+        self.plan["replan"] = {"at_step": self.at_step, "timed_steps": self.n_timed,
+                               "measured_step_s": self.measured / self.n_timed,
+                               "predicted_step_s": self.predicted / self.n_timed, "scale": scale,
+                               "seconds_left": left, "steps_before": before, "steps_after": after, "applied": applied}
+        log.info("budget: steps %d-%d took %.3g s each, the probe said %.3g s: %s", self.at_step - self.n_timed,
+                 self.at_step, self.measured / self.n_timed, self.predicted / self.n_timed,
+                 f"{after} steps instead of {before}" if applied else f"{before} steps stay")
+        if not applied:
+            return
+        pl_module.total_steps = after
+        trainer.fit_loop.epoch_loop.max_steps = after
+        per_epoch = trainer.num_training_batches
+        if isinstance(per_epoch, int) and per_epoch > 0:
+            trainer.fit_loop.max_epochs = math.ceil(after / per_epoch)
+        self.plan["steps"] = after
+        self.plan["planned_new_steps"] = after - self.first
+        if self.on_change is not None:
+            self.on_change(after)
 
 
 def max_time_string(seconds: float) -> str:

@@ -45,7 +45,7 @@ from ..sampling.importance import evaluate_flow, format_is_estimate
 from ..spec import parse_dtype
 from ..training.data import StepIndices
 from ..training.module import FIT_DATA_TIME_KEY, FIT_FINGERPRINTS_KEY, FIT_STEP_KEY, FlowModule, NonFiniteLossError, ignore_known_warnings
-from .budget import max_time_string, plan_budget
+from .budget import RESERVE, BudgetReplan, max_time_string, plan_budget, replan_step
 from .cli import parse_duration
 from .resume import record_resume, resume_config
 from .rundir import RunDirectoryError, check_run_dir, launched_rank
@@ -179,14 +179,16 @@ def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], failed: bool) ->
             close_run(lg.experiment, {k: v for k, v in summary.items() if k != "exact"}, failed=failed)
 
 
-def apply_budget(cfg: DictConfig, ckpt_path: str | None = None) -> dict[str, Any]:
+def apply_budget(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[dict[str, Any], float]:
     """``budget=10m``: set ``steps`` (and so the learning-rate schedule) from a measured step time
     (``pipelines.budget.plan_budget``) and ``trainer.max_time`` as a safety net; ``budget`` is then
     cleared in the config (config.yaml records the chosen steps, summary.json the plan). Single
-    device only: DDP ranks would each measure their own plan."""
+    device only: DDP ranks would each measure their own plan. Returns the plan and the deadline of its
+    training steps (``time.perf_counter()`` seconds: the budget less its reserve and the final evaluation)."""
     budget_s = parse_duration(cfg.get("budget"), "budget")
     if "ddp" in str((cfg.get("trainer") or {}).get("strategy", "")):
         raise ValueError("budget needs a single-device run (each DDP rank would plan its own steps); give steps instead")
+    t0 = time.perf_counter()
     done = int(read_checkpoint(ckpt_path).get("global_step", 0)) if ckpt_path else 0
     plan = plan_budget(cfg, budget_s, build_module, done_steps=done)
     with open_dict(cfg):
@@ -198,7 +200,25 @@ def apply_budget(cfg: DictConfig, ckpt_path: str | None = None) -> dict[str, Any
              plan["planned_new_steps"], plan["step_time_s"],
              "" if late is None else f" ({late:.3g} s with the latent smoothness term)", plan["device"],
              plan["probe_s"], plan["final_eval_s"])
-    return plan
+    return plan, t0 + budget_s * (1.0 - RESERVE) - plan["final_eval_s"]
+
+
+def _budget_replan(cfg: DictConfig, plan: dict[str, Any], deadline: float, config_path: Path) -> list[pl.Callback]:
+    """The ``BudgetReplan`` callback of a ``budget=`` run (none for a run too short to time); a re-plan rewrites
+    ``steps`` in the run's config file, so a resumed run goes on with the new length."""
+    at = replan_step(plan["steps"] - plan["planned_new_steps"], plan["planned_new_steps"],
+                     int((cfg.get("scheduler") or {}).get("warmup_steps", 0) or 0))
+    if at is None:
+        return []
+
+    def record(steps: int) -> None:
+        with open_dict(cfg):
+            cfg.steps = steps
+        text = config_path.read_text()
+        header = text.splitlines(keepends=True)[0] if text.startswith("#") else ""  # a resume's comment line
+        config_path.write_text(header + OmegaConf.to_yaml(cfg, resolve=True))
+
+    return [BudgetReplan(plan, deadline, at, on_change=record)]
 
 
 def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
@@ -225,19 +245,21 @@ def run_training(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (),
     first_rank = launched_rank() == 0
     if first_rank:
         check_run_dir(run_dir, ckpt_path)
-    plan = apply_budget(cfg, ckpt_path) if cfg.get("budget") is not None else None
+    plan, deadline = apply_budget(cfg, ckpt_path) if cfg.get("budget") is not None else (None, math.inf)
     run_dir.mkdir(parents=True, exist_ok=True)
     _pin_hydra_run_dir(run_dir)
     pl.seed_everything(cfg.seed, workers=False, verbose=False)
     module = build_module(cfg)
     if ckpt_path:
         _check_resume_matches(ckpt_path, module)
-    trainer = build_trainer(cfg, run_dir, callbacks)
+    config_path = run_dir / "config.yaml"
     if first_rank:
         if applied is None:
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         else:
-            record_resume(run_dir, cfg, applied)
+            config_path = record_resume(run_dir, cfg, applied)
+    replan = _budget_replan(cfg, plan, deadline, config_path) if plan is not None else []
+    trainer = build_trainer(cfg, run_dir, [*callbacks, *replan])
     data = StepIndices(cfg.steps_per_epoch)
     t0 = time.perf_counter()
     status = "completed"

@@ -163,7 +163,7 @@ class FlowModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.trained_parameters())
-        sched = build_scheduler(opt, total_steps=self.total_steps, **self.scheduler_cfg)
+        sched = build_scheduler(opt, total_steps=lambda: self.total_steps, **self.scheduler_cfg)  # a budget re-plan may change it
         return [opt], [{"scheduler": sched, "interval": "step"}]
 
     def trained_parameters(self) -> list[torch.nn.Parameter]:

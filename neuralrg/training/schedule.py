@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -24,14 +25,16 @@ def lr_factor(step: int, *, name: str, total_steps: int, warmup_steps: int = 0,
     raise ValueError(f"scheduler name must be one of {SCHEDULES}, got {name!r}")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str = "cosine", total_steps: int,
+def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str = "cosine", total_steps: int | Callable[[], int],
                     warmup_steps: int = 0, min_factor: float = 0.0, step_every: int = 1000,
                     gamma: float = 0.5) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepping once per optimizer step."""
+    """A LambdaLR stepping once per optimizer step. ``total_steps``: the run's length, or a function returning
+    it at each step (a run re-sized while it trains, ``pipelines.budget.BudgetReplan``)."""
     if name not in SCHEDULES:
         raise ValueError(f"scheduler name must be one of {SCHEDULES}, got {name!r}")
-    if int(total_steps) < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    length = total_steps if callable(total_steps) else (lambda: total_steps)
+    if int(length()) < 1:
+        raise ValueError(f"total_steps must be >= 1, got {length()}")
     if int(warmup_steps) < 0:
         raise ValueError(f"scheduler warmup_steps must be >= 0, got {warmup_steps}")
     if not 0.0 <= float(min_factor) <= 1.0:
@@ -41,5 +44,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, name: str = "cosine", t
     if not 0.0 < float(gamma) <= 1.0:
         raise ValueError(f"scheduler gamma must be in (0, 1], got {gamma}")
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, name=name, total_steps=total_steps, warmup_steps=warmup_steps,
+        optimizer, lambda s: lr_factor(s, name=name, total_steps=int(length()), warmup_steps=warmup_steps,
                                        min_factor=min_factor, step_every=step_every, gamma=gamma))
