@@ -105,23 +105,24 @@ def _probe_off_by(monkeypatch, factor: float) -> None:
     monkeypatch.setattr(budget, "measure_step_time", lambda *a, **k: factor * real(*a, **k))
 
 
-@pytest.mark.parametrize("factor", [4.0, 0.25])
+@pytest.mark.parametrize("factor", [6.0, 1 / 6])
 def test_a_budget_run_with_a_wrong_probe_still_fills_its_budget(tmp_path, monkeypatch, factor):
-    """The probe says a step takes 4× (or 1/4 of) what it does: without the re-plan the run would stop at a
-    quarter of its budget (or be cut off by max_time four times short of its schedule's end)."""
+    """The probe says a step takes 6× (or 1/6 of) what it does: without the re-plan the run would stop at a
+    sixth of its budget (or be cut off by max_time six times short of its schedule's end). The factor read back
+    is not exactly 1/factor: a training step also carries Lightning's per-step work, and the machine's load moves."""
     _probe_off_by(monkeypatch, factor)
-    seconds = 10.0
+    seconds = 12.0
     run = tmp_path / "run"
-    cfg = make_cfg(f"budget={seconds:g}s", "eval_every=0", "steps_per_epoch=40", "scheduler.warmup_steps=20",
+    cfg = make_cfg(f"budget={seconds:g}s", "eval_every=0", "steps_per_epoch=40", "scheduler.warmup_steps=10",
                    "final_eval_samples=256", run_dir=run)
     s = run_training(cfg)
     plan, replan = s["budget"], s["budget"]["replan"]
-    assert replan["applied"] and replan["at_step"] == 20 and replan["timed_steps"] == 20 - budget.REPLAN_SKIP
-    assert replan["scale"] == pytest.approx(1.0 / factor, rel=0.6)  # the probe's factor, read back from the run
+    at = replan_step(0, replan["steps_before"], 10)
+    assert replan["applied"] and replan["at_step"] == at and replan["timed_steps"] == at - budget.REPLAN_SKIP
     if factor > 1:
-        assert replan["steps_after"] > 1.8 * replan["steps_before"]
+        assert replan["scale"] < 0.5 and replan["steps_after"] > 2 * replan["steps_before"]
     else:
-        assert replan["steps_after"] < 0.55 * replan["steps_before"]
+        assert replan["scale"] > 2.0 and replan["steps_after"] < 0.5 * replan["steps_before"]
     # the run took the re-planned steps (or max_time, the safety net, cut it), and recorded them
     assert plan["steps"] == replan["steps_after"] == plan["planned_new_steps"]
     assert s["steps"] == plan["steps"] or (plan["stopped_by_max_time"] and s["steps"] < plan["steps"])
