@@ -1,6 +1,6 @@
 """Issue 19's latent-HMC step against flow quality, over every L = 16, 10-minute run measured for it.
 
-    python benchmarks/step_gap_tradeoff.py [RESULTS.json ...] [--target-step 0.173] [--out NAME]
+    python benchmarks/step_gap_tradeoff.py [RESULTS.json ...] [--target-step 0.173] [--reference-step S] [--out NAME]
 
 Reads the ``runs`` of the issue-19 results files (default: every ``benchmarks/results/*.json`` whose runs carry
 ``step_an``, the step ``analyze.py`` adapts with 64 chains; ``z2_gap`` and ``z2_ess``, the Z2-symmetrised flow's
@@ -8,7 +8,8 @@ gap per site and ESS/M; ``lhmc.ess_per_lf_m2``, latent HMC's ESS of m² per leap
 machine's load) and prints them side by side, sorted by step, with the rank correlation of step and gap, and
 the smallest gap among the runs that reach ``--target-step``. A run is the preset when its training command adds
 nothing to ``experiment=ising16_critical budget=10m`` but threads, logger and the run directory. Writes
-benchmarks/results/<out>.json and docs/figures/<out>.png (step against gap, and against ESS per leapfrog step).
+benchmarks/results/<out>.json and docs/figures/<out>.png (step against gap, and against ESS per leapfrog step;
+``--reference-step``: a second line, e.g. the issue's reference model re-measured after the same training time).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def rank_correlation(a: list[float], b: list[float]) -> float:
     return 1.0 - 6.0 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
 
 
-def figure(rows: list[dict], target: float, path: Path) -> None:
+def figure(rows: list[dict], target: float, path: Path, reference: float | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -73,11 +74,14 @@ def figure(rows: list[dict], target: float, path: Path) -> None:
             if pts:
                 ax.scatter(*zip(*pts), marker=marker, color=colour, label=name)
         ax.axvline(target, color="grey", linestyle="--", label=f"issue 19's step {target}")
+        if reference is not None:
+            ax.axvline(reference, color="tab:green", linestyle=":", label=f"its reference model, same training time: {reference}")
         ax.set_xlabel("latent HMC step (analyze.py, 64 chains)")
         ax.set_ylabel(label)
-        ax.legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle("L = 16, K_c, 10 minutes of training per run: the step against what the flow is for")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 
@@ -86,6 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", nargs="*", type=Path)
     ap.add_argument("--target-step", type=float, default=0.173)
+    ap.add_argument("--reference-step", type=float, default=None)
     ap.add_argument("--out", default="step_gap_tradeoff")
     args = ap.parse_args()
     paths = args.results or [Path(p) for p in sorted(glob.glob(str(RESULTS / "*.json")))]
@@ -102,6 +107,7 @@ def main() -> None:
     presets = [r for r in rows if r["preset"]]
     summary = {
         "n_runs": len(rows), "spearman_step_gap": rho, "target_step": args.target_step,
+        "reference_step": args.reference_step,
         "runs_reaching_target": len(reach),
         "smallest_gap_reaching_target": min((r["z2_gap"] for r in reach), default=None),
         "preset_step_range": [min(r["step"] for r in presets), max(r["step"] for r in presets)] if presets else None,
@@ -117,7 +123,7 @@ def main() -> None:
     out = RESULTS / f"{args.out}.json"
     out.write_text(json.dumps({"inputs": [p.name for p in paths if any(r['file'] == p.name for r in rows)],
                                "summary": summary, "rows": rows}, indent=2))
-    figure(rows, args.target_step, FIGURES / f"{args.out}.png")
+    figure(rows, args.target_step, FIGURES / f"{args.out}.png", args.reference_step)
     print(f"wrote {out} and {FIGURES / (args.out + '.png')}")
 
 
