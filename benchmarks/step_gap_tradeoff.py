@@ -7,7 +7,7 @@ Reads the ``runs`` of the issue-19 results files (default: every ``benchmarks/re
 gap per site and ESS/M; ``lhmc.ess_per_lf_m2``, latent HMC's ESS of m² per leapfrog step, a figure free of the
 machine's load) and prints them side by side, sorted by step, with the rank correlation of step and gap, and
 the smallest gap among the runs that reach ``--target-step``. A run is the preset when its training command adds
-nothing to ``experiment=ising16_critical budget=10m`` but threads, logger and the run directory. Writes
+nothing to ``experiment=ising16_critical budget=10m`` but threads, logger, seed and the run directory. Writes
 benchmarks/results/<out>.json and docs/figures/<out>.png (step against gap, and against ESS per leapfrog step;
 ``--reference-step``: a second line, e.g. the issue's reference model re-measured after the same training time).
 """
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 FIGURES = ROOT / "docs" / "figures"
 PLAIN = ("python", "train.py", "experiment=ising16_critical", "budget=10m")
-INCIDENTAL = ("threads=", "logger=", "hydra.run.dir=")
+INCIDENTAL = ("threads=", "logger=", "hydra.run.dir=", "seed=")
 
 
 def settings_of(command: str) -> list[str]:
