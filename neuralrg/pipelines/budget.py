@@ -257,14 +257,15 @@ class BudgetReplan(pl.Callback):
         self._t: float | None = None
 
     def predicted_step_s(self, step: int, total_steps: int) -> float:
-        """The probe's seconds for global step ``step`` of a ``total_steps`` run (no evaluation share)."""
+        """The probe's seconds for global step ``step`` of a ``total_steps`` run (no evaluation share): the
+        plan's phases, with the smoothness term from where ``fisher_phases`` switches it on."""
         model = self.plan["phase_model"]
-        i = max(0, sum(1 for k, _ in model["phases"] if int(k) <= step) - 1)
+        phases = [(int(k), float(t)) for k, t in model["phases"]]
         t_on = model.get("latent_fisher_step_s")
-        if (t_on is not None and model["objectives"][i] == "reverse_kl"
-                and step >= math.ceil(model["latent_fisher_from"] * total_steps)):
-            return float(t_on)
-        return float(model["phases"][i][1])
+        if t_on is not None:
+            phases = fisher_phases(phases, model["objectives"], math.ceil(model["latent_fisher_from"] * total_steps),
+                                   float(t_on))
+        return next((t for k, t in reversed(phases) if k <= step), phases[0][1])
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
